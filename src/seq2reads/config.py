@@ -183,6 +183,8 @@ class Interpret(Section):
     shuffles: int = Field(20, gt=0)
     n_regions: int = Field(2000, gt=0)
     ig_steps: int = Field(32, gt=0)
+    ig_baseline: Literal["shuffle", "zero"] = Field(
+        "shuffle", description="integrated-gradients sequence baseline: a dinucleotide shuffle or all-zero")
     targets: list[Literal["count", "profile"]] = Field(default_factory=lambda: ["count", "profile"])
     cell_types: list[str] | None = None
     motif_db: str = "JASPAR2024"

@@ -1,0 +1,472 @@
+"""Attributions of model predictions to the input: DeepLIFT/SHAP, integrated gradients and ISM.
+
+``attribute_run(cfg)`` writes ``RUN/attributions/`` (the whole folder atomically):
+
+- ``{cell}.{target}.npz`` for every cell type in ``interpret.cell_types`` (default: all) and target
+  in ``interpret.targets`` (``count`` → ``count``; ``profile`` → ``profile_plus`` and
+  ``profile_minus``), with
+
+  ==============  =================  ==========================================================
+  ``ohe``         float32 (N, 4, L)  one-hot input (A, C, G, T), L = ``window.input``
+  ``attr``        float32 (N, 4, L)  *hypothetical* contributions (every base at every position)
+  ``delta``       float32 (N,)       convergence delta per region (NaN for ISM, which has none)
+  ``index``       int64 (N,)         rows of the windows in the dataset store
+  ``start``       int64 (N,)         genome start of the model input (0-based)
+  ``chrom``       str (N,)           chromosome
+  ``reads_attr``  float32 (N, 2, L)  encoder + IG only: attribution to the reads input (+, −)
+  ``cell_attr``   float32 (N, C)     encoder + IG only: attribution to the cell-type input
+  ==============  =================  ==========================================================
+
+  Actual contributions are ``attr * ohe``. The arrays use the channels-first layout of the model
+  and of the ``modisco motifs`` command line; modisco-lite's Python API
+  (``modiscolite.tfmodisco.TFMoDISco``) wants ``(N, L, 4)``, so ``motifs.py`` transposes.
+- ``{cell}.{target}.bw``: per-base contribution ``sum_b attr * ohe`` at each window position;
+  where windows overlap the values are averaged.
+- ``summary.json``: method, regions, per-file delta statistics.
+
+Regions: peak windows, held-out ones (``test`` + ``valid`` splits) first, each group ranked by the
+observed total count over the output window (all cell types); the first ``interpret.n_regions``.
+Using training peaks after the held-out ones keeps enough motif instances for TF-MoDISco.
+
+Methods (``interpret.method``):
+
+- ``deeplift`` (``auto`` for the CNN): DeepLIFT/DeepSHAP by tangermeme with
+  ``interpret.shuffles`` dinucleotide-shuffled references per sequence. The references are drawn
+  once per sequence and shared by all targets; deltas are ``mean_k [sum attr_k (x - r_k) -
+  (f(x) - f(r_k))]``.
+- ``ig`` (``auto`` for the encoder): integrated gradients, hand-written (captum is not a
+  dependency, and attention/LayerNorm have no DeepLIFT rule). For the encoder the path runs from
+  (shuffled or zero sequence, zero reads, uniform cell type) to (sequence, observed reads of the
+  cell type, one-hot cell type) jointly, so the attributions to all three inputs sum to
+  ``f(x) - f(baseline)`` up to the quadrature error (the stored delta).
+- ``ism``: saturation mutagenesis by tangermeme (mean-centred over the four bases per position).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from seq2reads.atomic import atomic_path
+from seq2reads.errors import UserError
+from seq2reads.interpret.targets import AllTargets, expand_targets, make_target, select_target
+
+FORMAT_NOTE = "ohe/attr are (N, 4, L) channels-first; attr is hypothetical; contributions = attr * ohe"
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's parameters (CPU for a parameter-free module)."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def resolve_cells(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
+    """Validate ``interpret.cell_types`` against the model's cell types (None → all).
+
+    Raises
+    ------
+    UserError
+        A requested cell type the model was not trained on (lists the valid ones).
+    """
+    if not requested:
+        return list(available)
+    bad = [c for c in requested if c not in available]
+    if bad:
+        raise UserError(
+            f"cell type(s) {', '.join(bad)} not in this model; valid: {', '.join(available)} "
+            "(set interpret.cell_types to some of these, or leave it empty for all)."
+        )
+    return list(requested)
+
+
+def resolve_method(method: str, model: nn.Module) -> str:
+    """``auto`` → ``ig`` for the encoder (attention has no DeepLIFT rule), ``deeplift`` otherwise."""
+    is_encoder = hasattr(model, "encode")
+    if method == "auto":
+        return "ig" if is_encoder else "deeplift"
+    if method == "deeplift" and is_encoder:
+        raise UserError(
+            "interpret.method=deeplift does not apply to the encoder (attention and LayerNorm have no "
+            "DeepLIFT rule): use interpret.method=ig or ism."
+        )
+    return method
+
+
+def shuffled_references(X: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Dinucleotide-shuffled references ``(N, n, 4, L)`` (tangermeme; N columns allowed)."""
+    from tangermeme.ersatz import dinucleotide_shuffle
+
+    return dinucleotide_shuffle(X.cpu(), n=n, random_state=seed, allow_N=True).to(X.dtype)
+
+
+# -- DeepLIFT / DeepSHAP ------------------------------------------------------------------------
+def deeplift_shap(
+    model: nn.Module,
+    X: torch.Tensor,
+    pairs: Sequence[tuple[int, str]],
+    n_shuffles: int = 20,
+    seed: int = 0,
+    batch_size: int = 256,
+    chunk: int = 64,
+) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
+    """DeepLIFT/SHAP hypothetical attributions for several ``(cell, target)`` pairs.
+
+    Uses ``tangermeme.deep_lift_shap`` for the multipliers, with the dinucleotide-shuffled
+    references drawn once per sequence and shared by all targets (rather than re-drawn for each),
+    a large pair batch, and the outputs f(x), f(r) for the deltas from one inference-mode forward
+    pass for all targets.
+
+    Parameters
+    ----------
+    model : nn.Module
+        ``(N, 4, L) -> (profile_logits, log_counts)`` in eval mode.
+    X : Tensor float32 (N, 4, L)
+        One-hot sequences.
+    pairs : list of (cell index, target name)
+    n_shuffles, seed : int
+        References per sequence; reference k of a chunk is seeded from ``seed`` and the chunk.
+    batch_size : int
+        Sequence-reference pairs per forward/backward pass.
+    chunk : int
+        Sequences handled at once (bounds the memory of the raw multipliers).
+
+    Returns
+    -------
+    dict (cell, target) -> (attr float32 (N, 4, L) hypothetical, delta float32 (N,))
+    """
+    from tangermeme.deep_lift_shap import deep_lift_shap as tm_dls
+
+    device = model_device(model)
+    allt = AllTargets(model, pairs).eval()
+    out = {p: ([], []) for p in pairs}
+    for s in range(0, len(X), chunk):
+        Xc = X[s:s + chunk].float()
+        refs = shuffled_references(Xc, n_shuffles, seed + s)  # (n, k, 4, L)
+        n, k = refs.shape[:2]
+        with torch.inference_mode():
+            fx = _batched(allt, Xc, device, batch_size)  # (n, T)
+            fr = _batched(allt, refs.reshape(n * k, *refs.shape[2:]), device, batch_size).reshape(n, k, -1)
+        for j, (c, t) in enumerate(pairs):
+            with warnings.catch_warnings():
+                # We compute and report the deltas ourselves, per region, against interpret.delta_warn.
+                warnings.filterwarnings("ignore", message="Convergence deltas", category=RuntimeWarning)
+                m = tm_dls(make_target(model, c, t), Xc, references=refs, raw_outputs=True,
+                           batch_size=batch_size, device=device, warning_threshold=float("inf"))
+            m = m.float()  # (n, k, 4, L) multipliers per sequence-reference pair
+            diff = Xc[:, None] - refs
+            delta = (diff * m).sum(dim=(2, 3)) - (fx[:, None, j] - fr[:, :, j])
+            # Hypothetical contribution of base b = m_b - sum_j r_j m_j (DeepSHAP's projection for
+            # one-hot input, as tangermeme's hypothetical_attributions), averaged over references.
+            hyp = (m - (refs * m).sum(dim=2, keepdim=True)).mean(dim=1)
+            out[(c, t)][0].append(hyp.numpy().astype(np.float32))
+            out[(c, t)][1].append(delta.mean(dim=1).numpy().astype(np.float32))
+    return {p: (np.concatenate(a), np.concatenate(d)) for p, (a, d) in out.items()}
+
+
+def _batched(module: nn.Module, X: torch.Tensor, device, batch_size: int) -> torch.Tensor:
+    return torch.cat([module(X[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(X), batch_size)])
+
+
+# -- integrated gradients -----------------------------------------------------------------------
+def integrated_gradients(
+    f: Callable[..., torch.Tensor],
+    inputs: Sequence[torch.Tensor],
+    baselines: Sequence[torch.Tensor],
+    steps: int = 32,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Integrated gradients of a scalar-per-example function over a straight path.
+
+    Hand-written (a dozen lines of torch; captum is not a dependency). The path integral uses the
+    trapezoid rule on ``steps + 1`` equally spaced points, all inputs moving together.
+
+    Parameters
+    ----------
+    f : callable
+        ``f(*inputs) -> (N,)``.
+    inputs, baselines : sequences of Tensor
+        Same shapes, leading axis N.
+    steps : int
+        Trapezoid intervals.
+
+    Returns
+    -------
+    mean_grads : list of Tensor
+        Path-averaged gradients per input (the "multipliers").
+    attrs : list of Tensor
+        ``(x - baseline) * mean_grad`` per input.
+    delta : Tensor (N,)
+        ``sum(all attrs) - (f(x) - f(baseline))`` (completeness error).
+    """
+    alphas = torch.linspace(0, 1, steps + 1)
+    weights = torch.full((steps + 1,), 1.0 / steps)
+    weights[0] = weights[-1] = 0.5 / steps
+    grads = [torch.zeros_like(x) for x in inputs]
+    for a, w in zip(alphas.tolist(), weights.tolist()):
+        xs = [(b + a * (x - b)).detach().requires_grad_(True) for x, b in zip(inputs, baselines)]
+        with torch.enable_grad():
+            y = f(*xs)
+            gs = torch.autograd.grad(y.sum(), xs, allow_unused=True)
+        for acc, g in zip(grads, gs):
+            if g is not None:
+                acc += w * g.detach()
+    attrs = [(x - b) * g for x, b, g in zip(inputs, baselines, grads)]
+    with torch.inference_mode():
+        fx, fb = f(*inputs).float(), f(*baselines).float()
+    total = sum(a.reshape(len(a), -1).sum(1) for a in attrs)
+    return grads, attrs, (total - (fx - fb)).detach()
+
+
+def ig_attributions(
+    model: nn.Module,
+    X: torch.Tensor,
+    cell: int,
+    target: str,
+    n_cells: int,
+    steps: int = 32,
+    reads: torch.Tensor | None = None,
+    baseline: str = "shuffle",
+    seed: int = 0,
+    chunk: int = 16,
+) -> dict[str, np.ndarray]:
+    """Integrated-gradient attributions of one target.
+
+    For a model with an ``encode(seq, reads, cell)`` entry point (the masked encoder) and given
+    ``reads``, the attributions cover sequence, reads and cell type; otherwise the sequence only
+    (``forward(X)``).
+
+    Parameters
+    ----------
+    X : Tensor (N, 4, L) one-hot
+    reads : Tensor (N, 2, L) or None
+        Observed read counts of cell type ``cell`` over the input (plus, minus).
+    baseline : "shuffle" or "zero"
+        Sequence baseline: one dinucleotide shuffle of each sequence, or all-zero.
+
+    Returns
+    -------
+    dict with ``attr`` (N, 4, L) hypothetical, ``delta`` (N,) and, for the encoder,
+    ``reads_attr`` (N, 2, L) and ``cell_attr`` (N, C).
+    """
+    device = model_device(model)
+    use_encode = reads is not None and hasattr(model, "encode")
+    res: dict[str, list] = {"attr": [], "delta": [], "reads_attr": [], "cell_attr": []}
+    for s in range(0, len(X), chunk):
+        Xc = X[s:s + chunk].float()
+        if baseline == "zero":
+            Xb = torch.zeros_like(Xc)
+        else:
+            Xb = shuffled_references(Xc, 1, seed + s)[:, 0]
+        Xc, Xb = Xc.to(device), Xb.to(device)
+        if use_encode:
+            Rc = reads[s:s + chunk].float().to(device)
+            cell1h = torch.zeros(len(Xc), n_cells, device=device)
+            cell1h[:, cell] = 1.0
+
+            def f(seq, rd, cl):
+                pl, lc = model.encode(seq, rd, cl)
+                return select_target(pl, lc, cell, target).float()
+
+            grads, attrs, delta = integrated_gradients(
+                f, [Xc, Rc, cell1h], [Xb, torch.zeros_like(Rc), torch.full_like(cell1h, 1.0 / n_cells)], steps)
+            res["reads_attr"].append(attrs[1].cpu().numpy())
+            res["cell_attr"].append(attrs[2].cpu().numpy())
+        else:
+            def f(seq):
+                pl, lc = model(seq)
+                return select_target(pl, lc, cell, target).float()
+
+            grads, attrs, delta = integrated_gradients(f, [Xc], [Xb], steps)
+        g = grads[0]
+        # Hypothetical contributions from the path-averaged gradients, projected as in DeepSHAP:
+        # base b gets g_b - sum_j baseline_j g_j, so that attr * ohe sums to the IG attribution.
+        hyp = g - (Xb * g).sum(dim=1, keepdim=True)
+        res["attr"].append(hyp.cpu().numpy())
+        res["delta"].append(delta.cpu().numpy())
+    return {k: np.concatenate(v).astype(np.float32) for k, v in res.items() if v}
+
+
+# -- ISM ----------------------------------------------------------------------------------------
+def ism_attributions(model: nn.Module, X: torch.Tensor, pairs: Sequence[tuple[int, str]],
+                     batch_size: int = 256) -> dict[tuple[int, str], np.ndarray]:
+    """Saturation mutagenesis (tangermeme, fast ISM where it applies) for several targets at once.
+
+    Returns
+    -------
+    dict (cell, target) -> float32 (N, 4, L): prediction change of each substitution, centred on the
+    mean over the four bases at each position (a hypothetical attribution).
+    """
+    from tangermeme.saturation_mutagenesis import saturation_mutagenesis
+
+    allt = AllTargets(model, pairs).eval()
+    y0, y_hat = saturation_mutagenesis(allt, X.float(), raw_outputs=True, batch_size=batch_size,
+                                       device=model_device(model))
+    out = {}
+    for j, p in enumerate(pairs):
+        d = y_hat[..., j].float() - y0[:, None, None, j].float()
+        out[p] = (d - d.mean(dim=1, keepdim=True)).numpy().astype(np.float32)
+    return out
+
+
+# -- regions ------------------------------------------------------------------------------------
+def select_regions(store, n: int, output_len: int, batch: int = 256) -> np.ndarray:
+    """Rows of the peak windows to explain: held-out (test + valid) first, then train; each group
+    ranked by the observed total count over the output window (all cell types, both strands).
+
+    Returns
+    -------
+    int64 array (≤ n,), sorted by store row.
+    """
+    chosen: list[np.ndarray] = []
+    for splits in (("test", "valid"), ("train",)):
+        idx = np.sort(np.concatenate([store.indices(s, kinds=("peak",)) for s in splits]).astype(np.int64))
+        if len(idx) == 0:
+            continue
+        lo = (store.span - output_len) // 2
+        tot = np.concatenate([
+            np.asarray(store.signal[idx[i:i + batch]])[..., lo:lo + output_len].sum(axis=(1, 2, 3))
+            for i in range(0, len(idx), batch)])
+        chosen.append(idx[np.argsort(-tot, kind="stable")])
+    if not chosen:
+        raise UserError("the dataset has no peak windows to explain: check the regions file and re-run prepare.")
+    return np.sort(np.concatenate(chosen)[:n])
+
+
+def load_windows(store, rows: np.ndarray, input_len: int, cells: Sequence[int] | None = None):
+    """One-hot ``(N, 4, L)`` float32 of the model input and (optionally) reads ``(N, C', 2, L)``."""
+    from seq2reads.data.genome import one_hot
+
+    lo = (store.span - input_len) // 2
+    codes = np.asarray(store.seq[rows])[:, lo:lo + input_len]
+    X = torch.from_numpy(np.ascontiguousarray(one_hot(codes), dtype=np.float32))
+    if cells is None:
+        return X, None
+    sig = np.asarray(store.signal[rows])[:, list(cells), :, lo:lo + input_len]
+    return X, torch.from_numpy(np.ascontiguousarray(sig, dtype=np.float32))
+
+
+# -- bigWig -------------------------------------------------------------------------------------
+def write_contrib_bigwig(path: Path, chrom_sizes: dict[str, int], chroms: Sequence[str],
+                         starts: np.ndarray, contrib: np.ndarray) -> None:
+    """Per-base contributions ``(N, L)`` at ``[start, start + L)`` of each window to a bigWig.
+
+    Overlapping windows are averaged; positions outside the chromosome are dropped.
+    """
+    import pyBigWig
+
+    L = contrib.shape[1]
+    order = sorted(range(len(chroms)), key=lambda i: (list(chrom_sizes).index(chroms[i]), starts[i]))
+    bw = pyBigWig.open(str(path), "w")
+    bw.addHeader(list(chrom_sizes.items()))
+    i = 0
+    while i < len(order):
+        # A cluster of windows that overlap each other, written as one dense run.
+        ch, a, b, j = chroms[order[i]], int(starts[order[i]]), int(starts[order[i]]) + L, i + 1
+        while j < len(order) and chroms[order[j]] == ch and int(starts[order[j]]) < b:
+            b = max(b, int(starts[order[j]]) + L)
+            j += 1
+        total, count = np.zeros(b - a), np.zeros(b - a)
+        for k in order[i:j]:
+            o = int(starts[k]) - a
+            total[o:o + L] += contrib[k]
+            count[o:o + L] += 1
+        lo, hi = max(a, 0), min(b, chrom_sizes[ch])
+        if hi > lo:
+            vals = (total / np.maximum(count, 1))[lo - a:hi - a]
+            bw.addEntries(ch, lo, values=vals.astype(np.float64).tolist(), span=1, step=1)
+        i = j
+    bw.close()
+
+
+# -- the command --------------------------------------------------------------------------------
+def attribution_files(run_dir: str | Path) -> list[tuple[str, str, Path]]:
+    """``(cell, target, npz path)`` of the attributions written in ``RUN/attributions``."""
+    d = Path(run_dir) / "attributions"
+    summary = d / "summary.json"
+    if not summary.exists():
+        raise UserError(f"no attributions in {d}: run `seq2reads attribute {run_dir}` first.")
+    info = json.loads(summary.read_text())
+    return [(f["cell"], f["target"], d / f["file"]) for f in info["files"]]
+
+
+def attribute_run(cfg) -> Path:
+    """Compute attributions as configured in ``cfg.interpret`` and write ``RUN/attributions/``.
+
+    Returns
+    -------
+    Path of the folder.
+    """
+    from seq2reads.data.genome import Genome
+    from seq2reads.data.store import open_dataset
+    from seq2reads.models.io import load_model
+
+    icfg = cfg.interpret
+    run = Path(cfg.run_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(run, device).eval()
+    store = open_dataset(run / "dataset")
+    cells_all = list(store.samples)
+    cells = resolve_cells(icfg.cell_types, cells_all)
+    method = resolve_method(icfg.method, model)
+    targets = expand_targets(icfg.targets)
+    input_len, output_len = store.input_len, store.output_len
+    rows = select_regions(store, icfg.n_regions, output_len)
+    cidx = [cells_all.index(c) for c in cells]
+    X, reads = load_windows(store, rows, input_len, cidx if method == "ig" else None)
+    seed = cfg.train.seed
+    pairs = [(c, t) for c in cidx for t in targets]
+
+    results: dict[tuple[int, str], dict[str, np.ndarray]] = {}
+    if method == "deeplift":
+        for p, (a, d) in deeplift_shap(model, X, pairs, icfg.shuffles, seed).items():
+            results[p] = {"attr": a, "delta": d}
+    elif method == "ism":
+        for p, a in ism_attributions(model, X, pairs).items():
+            results[p] = {"attr": a, "delta": np.full(len(X), np.nan, np.float32)}
+    else:
+        for c, t in pairs:
+            r = None if reads is None else reads[:, cidx.index(c)]
+            results[(c, t)] = ig_attributions(model, X, c, t, len(cells_all), icfg.ig_steps, r,
+                                              icfg.ig_baseline, seed)
+
+    regions = store.regions.iloc[rows]
+    lo = (store.span - input_len) // 2
+    starts = regions["start"].to_numpy(np.int64) + lo
+    chroms = regions["chrom"].astype(str).to_numpy()
+    chrom_sizes = Genome(cfg.genome).chroms
+    ohe = X.numpy()
+    files, warned = [], []
+    with atomic_path(run / "attributions") as tmp:
+        tmp.mkdir()
+        for (c, t), r in results.items():
+            name = f"{cells_all[c]}.{t}"
+            arrays = {"ohe": ohe, "index": rows, "start": starts, "chrom": chroms, **r}
+            with open(tmp / f"{name}.npz", "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+            write_contrib_bigwig(tmp / f"{name}.bw", chrom_sizes, chroms, starts, (r["attr"] * ohe).sum(axis=1))
+            d = np.abs(r["delta"])
+            stats = {"mean_abs_delta": float(np.nanmean(d)) if np.isfinite(d).any() else None,
+                     "max_abs_delta": float(np.nanmax(d)) if np.isfinite(d).any() else None,
+                     "n_above_warn": int(np.sum(d > icfg.delta_warn))}
+            if stats["n_above_warn"]:
+                warned.append(f"{name}: {stats['n_above_warn']}/{len(d)} regions (max {stats['max_abs_delta']:.3g})")
+            files.append({"cell": cells_all[c], "target": t, "file": f"{name}.npz", "bigwig": f"{name}.bw", **stats})
+        summary = {"method": method, "n_regions": int(len(rows)), "input_len": int(input_len),
+                   "shuffles": icfg.shuffles if method == "deeplift" else None,
+                   "ig_steps": icfg.ig_steps if method == "ig" else None,
+                   "ig_baseline": icfg.ig_baseline if method == "ig" else None,
+                   "delta_warn": icfg.delta_warn, "layout": FORMAT_NOTE, "files": files}
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+    if warned:
+        warnings.warn(
+            f"convergence delta above interpret.delta_warn={icfg.delta_warn} in " + "; ".join(warned)
+            + (" (raise interpret.ig_steps)" if method == "ig" else ""), stacklevel=2)
+    return run / "attributions"
