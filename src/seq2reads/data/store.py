@@ -1,0 +1,467 @@
+"""The on-disk windowed dataset: ``prepare(cfg)`` writes ``RUN/dataset/`` (Zarr v3), ``open_dataset`` reads it.
+
+Layout (docs/ARCHITECTURE.md, "The Zarr dataset"); W windows, C cell types, S = input + 2 * jitter:
+
+- ``seq``    uint8   (W, S)        base codes A C G T N = 0..4
+- ``signal`` float32 (W, C, 2, S)  per-base counts per cell type and strand (0 = plus, 1 = minus)
+- ``mask``   bool    (W, S)        True where a position counts in the loss
+- ``replicate_signal`` float32 (W, C, 2, S), only when some sample has replicates: the pooled
+  replicates of each sample (zeros where a sample has none; see attr ``has_replicate``)
+- ``regions/{chrom,start,end,centre,name,split,kind,gc}`` (W,) the window table
+
+Window ``w`` spans ``[start, end)`` with ``start = centre - S // 2``. Rows are sorted by
+chromosome (genome order) and start, so each chromosome is one contiguous row range.
+
+Loss mask rule: False on excluded intervals (``exclude`` BED), on positions past a chromosome end
+(stored as N with zero signal) and on N bases inside the genome (nothing can map there, so a zero
+count there says nothing about the sequence); True elsewhere.
+
+How it is fast and memory-bounded: windows are processed in tasks of a few hundred rows (whole Zarr
+chunks, so tasks never write the same chunk); within a task each chromosome's windows are grouped
+into a few large sorted blocks, and sequence and every track are read once per block (one
+``values`` call per bigWig, one ``fetch`` per BAM) and sliced into windows with numpy. Tasks run in
+a process pool (each worker opens its own files) and write their rows straight into the Zarr
+arrays; only the window table and per-window totals are held for the whole genome.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from seq2reads.errors import UserError
+
+FORMAT = "seq2reads-dataset"
+VERSION = 1
+DATASET_DIR = "dataset"
+REGION_COLUMNS = ("chrom", "start", "end", "centre", "name", "split", "kind", "gc")
+_STR_COLUMNS = ("chrom", "name", "split", "kind")
+
+# Block reads: windows closer than MAX_GAP bp join one block of at most MAX_BLOCK bp.
+MAX_GAP = 20_000
+MAX_BLOCK = 2_000_000
+TARGET_CHUNK_BYTES = 4 << 20
+ROWS_PER_TASK_CHUNKS = 8
+PARALLEL_MIN_WINDOWS = 4000  # below this, worker start-up costs more than it saves
+
+
+# -- inputs ------------------------------------------------------------------------------------
+@dataclass
+class Inputs:
+    """Opened and validated inputs of a config (files are re-opened lazily in each worker)."""
+
+    genome: Any
+    tracks: list
+    replicates: list  # per sample: list of replicate tracks (possibly empty)
+    peaks: pd.DataFrame
+    exclude: pd.DataFrame | None
+
+
+def open_inputs(cfg) -> Inputs:
+    """Open and check every input file of ``cfg`` before anything is written.
+
+    Raises
+    ------
+    UserError
+        Missing/unreadable/wrong-type file, BAM without index, chromosome-name mismatch, a region
+        on a chromosome the genome lacks, empty or malformed regions.
+    """
+    from seq2reads.data.genome import Genome
+    from seq2reads.data.regions import assign_splits, check_chrom_names, read_intervals, read_regions
+    from seq2reads.data.tracks import open_track
+
+    genome = Genome(cfg.genome)
+    reference = str(genome.path) if genome.kind != "2bit" else None
+    tracks, reps = [], []
+    for s in cfg.samples:
+        tracks.append(open_track(s, cfg.reads, cfg.assay, reference=reference))
+        reps.append([open_track(r, cfg.reads, cfg.assay, reference=reference) for r in s.replicates])
+    peaks = read_regions(cfg.regions)
+    exclude = read_intervals(cfg.exclude) if cfg.exclude else None
+    track_chroms = {}
+    for s, t, rs in zip(cfg.samples, tracks, reps):
+        track_chroms[f"sample '{s.name}' ({_track_label(s)})"] = t.chroms
+        for i, r in enumerate(rs):
+            track_chroms[f"replicate {i + 1} of sample '{s.name}'"] = r.chroms
+    check_chrom_names(genome.chroms, peaks["chrom"], track_chroms, cfg.splits,
+                      exclude["chrom"] if exclude is not None else (), regions_label=f"regions ({Path(cfg.regions).name})")
+    peaks = assign_splits(peaks, cfg.splits)
+    return Inputs(genome, tracks, reps, peaks, exclude)
+
+
+def _track_label(s) -> str:
+    return Path(s.bam).name if s.bam else f"{Path(s.plus).name}, {Path(s.minus).name}"
+
+
+def build_windows(cfg, inp: Inputs, seed: int = 0) -> tuple[pd.DataFrame, int]:
+    """The sorted window table (peaks + background) and the number of peak windows past a chromosome end."""
+    from seq2reads.data.genome import gc_fraction
+    from seq2reads.data.regions import background_windows, windows_around
+
+    S = span_of(cfg.window)
+    peaks = inp.peaks
+    start, end = windows_around(peaks["centre"].to_numpy(), S)
+    lengths = peaks["chrom"].map(inp.genome.chroms).to_numpy(np.int64)
+    past = int(((start < 0) | (end > lengths)).sum())
+    win = pd.DataFrame({"chrom": peaks["chrom"], "start": start, "end": end, "centre": peaks["centre"],
+                        "name": peaks["name"], "split": peaks["split"], "kind": "peak", "gc": np.nan})
+    n_bg = int(round(cfg.background.ratio * len(peaks)))
+    if n_bg > 0:
+        # The target GC histogram from (at most) 5000 peak windows; exact GC of every window is
+        # computed later while the store is written.
+        rng = np.random.default_rng(seed)
+        sub = peaks.iloc[np.sort(rng.permutation(len(peaks))[:5000])].copy()
+        s0, _ = windows_around(sub["centre"].to_numpy(), S)
+        sub["gc"] = [gc_fraction(inp.genome.codes(c, int(a), int(a) + S)) for c, a in zip(sub["chrom"], s0)]
+        # background must avoid all peaks: pass every peak with its gc (NaN outside the subsample)
+        allp = peaks.copy()
+        allp["gc"] = np.nan
+        allp.loc[sub.index, "gc"] = sub["gc"].to_numpy()
+        bg = background_windows(inp.genome, allp, n_bg, S, cfg.splits, inp.exclude,
+                                gc_matched=cfg.background.gc_matched, seed=seed)
+        if len(bg):
+            win = pd.concat([win, bg.assign(gc=np.nan)], ignore_index=True)
+    order = {c: i for i, c in enumerate(inp.genome.chroms)}
+    win["_o"] = win["chrom"].map(order)
+    win = win.sort_values(["_o", "start", "kind"], kind="stable").drop(columns="_o").reset_index(drop=True)
+    return win, past
+
+
+def span_of(window_cfg) -> int:
+    """Stored span S = input + 2 * jitter (bp)."""
+    return int(window_cfg.input + 2 * window_cfg.jitter)
+
+
+# -- the worker ----------------------------------------------------------------------------------
+def _blocks(starts: np.ndarray, ends: np.ndarray, max_gap: int = MAX_GAP, max_block: int = MAX_BLOCK):
+    """Group sorted windows into blocks: yields (i0, i1, block_start, block_end)."""
+    i0 = 0
+    n = len(starts)
+    bs, be = starts[0], ends[0]
+    for i in range(1, n):
+        if starts[i] - be > max_gap or max(be, ends[i]) - bs > max_block:
+            yield i0, i, int(bs), int(be)
+            i0, bs, be = i, starts[i], ends[i]
+        else:
+            be = max(be, ends[i])
+    yield i0, n, int(bs), int(be)
+
+
+def _slice_windows(block: np.ndarray, offsets: np.ndarray, S: int) -> np.ndarray:
+    """Windows ``block[..., o:o+S]`` for each offset -> (n, ..., S)."""
+    idx = offsets[:, None] + np.arange(S)[None, :]  # (n, S)
+    out = block[..., idx]  # (..., n, S)
+    return np.moveaxis(out, -2, 0)
+
+
+def _fill_task(job: dict) -> tuple[int, np.ndarray, np.ndarray]:
+    """Compute and write rows ``[r0, r1)``; return (r0, output-window totals (n, C), gc (n,))."""
+    import zarr
+
+    from seq2reads.data.genome import N_CODE, gc_fraction
+
+    r0, chroms, starts = job["r0"], job["chroms"], job["starts"]
+    S, out_len, genome, tracks, reps = job["S"], job["output_len"], job["genome"], job["tracks"], job["replicates"]
+    exclude = job["exclude"]
+    n, C = len(starts), len(tracks)
+    seq = np.full((n, S), N_CODE, np.uint8)
+    sig = np.zeros((n, C, 2, S), np.float32)
+    rep = np.zeros((n, C, 2, S), np.float32) if job["has_rep"] else None
+    mask = np.ones((n, S), bool)
+    ends = starts + S
+    # chroms is sorted in blocks of equal names: walk the runs
+    change = np.r_[0, np.nonzero(chroms[1:] != chroms[:-1])[0] + 1, n]
+    for a, b in zip(change[:-1], change[1:]):
+        chrom = chroms[a]
+        for i0, i1, bs, be in _blocks(starts[a:b], ends[a:b]):
+            i0, i1 = i0 + a, i1 + a
+            off = starts[i0:i1] - bs
+            codes = genome.codes(chrom, bs, be)
+            bmask = codes != N_CODE
+            if chrom in exclude:
+                xs, xe = exclude[chrom]
+                j0, j1 = np.searchsorted(xe, bs, side="right"), np.searchsorted(xs, be, side="left")
+                for s_, e_ in zip(xs[j0:j1], xe[j0:j1]):
+                    bmask[max(s_ - bs, 0) : max(e_ - bs, 0)] = False
+            seq[i0:i1] = _slice_windows(codes, off, S)
+            mask[i0:i1] = _slice_windows(bmask, off, S)
+            for c, t in enumerate(tracks):
+                sig[i0:i1, c] = _slice_windows(t.values(chrom, bs, be), off, S)
+                for r in reps[c]:
+                    rep[i0:i1, c] += _slice_windows(r.values(chrom, bs, be), off, S)
+    lo = (S - out_len) // 2
+    totals = sig[:, :, :, lo : lo + out_len].sum(axis=(2, 3), dtype=np.float64)
+    gc = gc_fraction(seq)
+    root = job["root"]
+    r1 = r0 + n
+    zarr.open_array(f"{root}/seq", mode="r+")[r0:r1] = seq
+    zarr.open_array(f"{root}/signal", mode="r+")[r0:r1] = sig
+    zarr.open_array(f"{root}/mask", mode="r+")[r0:r1] = mask
+    if rep is not None:
+        zarr.open_array(f"{root}/replicate_signal", mode="r+")[r0:r1] = rep
+    return r0, totals, np.atleast_1d(gc)
+
+
+# -- prepare -------------------------------------------------------------------------------------
+def _chunk_rows(row_bytes: int) -> int:
+    r = max(1, TARGET_CHUNK_BYTES // max(row_bytes, 1))
+    return int(min(1024, max(8, 2 ** int(math.log2(r)))))
+
+
+def prepare(cfg, workers: int | None = None, progress: bool = True) -> Path:
+    """Build ``RUN/dataset/`` (Zarr) from the config's genome, samples and regions; write ``RUN/config.yaml``.
+
+    Parameters
+    ----------
+    cfg : config.Config
+    workers : int, optional
+        Worker processes (default: 2, or 0 = in this process for small data sets).
+    progress : bool
+        Show a progress bar (stderr).
+
+    Returns
+    -------
+    Path of the dataset folder.
+
+    Raises
+    ------
+    UserError
+        Any bad input (checked before anything is written).
+    """
+    import zarr
+
+    from seq2reads.atomic import atomic_path
+    from seq2reads.config import save_run_config
+    from seq2reads.data.regions import _merge
+
+    inp = open_inputs(cfg)
+    win, past = build_windows(cfg, inp, seed=cfg.train.seed)
+    if past:
+        warnings.warn(
+            f"{past} region window(s) extend past a chromosome end: padded with N and zero signal, masked from the loss",
+            UserWarning, stacklevel=2,
+        )
+    S, C, W = span_of(cfg.window), len(cfg.samples), len(win)
+    has_rep = [bool(r) for r in inp.replicates]
+    exclude = {}
+    if inp.exclude is not None:
+        for c, g in inp.exclude.groupby("chrom", sort=False):
+            exclude[c] = _merge(g["start"].to_numpy(np.int64), g["end"].to_numpy(np.int64))
+    chunk = _chunk_rows(C * 2 * S * 4)
+    per_task = chunk * ROWS_PER_TASK_CHUNKS
+    if workers is None:
+        workers = 2 if W >= PARALLEL_MIN_WINDOWS else 0
+    out = cfg.run_path / DATASET_DIR
+    chrom_arr = win["chrom"].to_numpy(dtype=object)
+    start_arr = win["start"].to_numpy(np.int64)
+    with atomic_path(out) as tmp:
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        root.create_array("seq", shape=(W, S), chunks=(chunk, S), dtype="uint8")
+        root.create_array("signal", shape=(W, C, 2, S), chunks=(chunk, C, 2, S), dtype="float32")
+        root.create_array("mask", shape=(W, S), chunks=(chunk, S), dtype="bool")
+        if any(has_rep):
+            root.create_array("replicate_signal", shape=(W, C, 2, S), chunks=(chunk, C, 2, S), dtype="float32")
+        jobs = []
+        for r0 in range(0, W, per_task):
+            r1 = min(W, r0 + per_task)
+            jobs.append(dict(root=str(tmp), r0=r0, chroms=chrom_arr[r0:r1], starts=start_arr[r0:r1], S=S,
+                             output_len=cfg.window.output, genome=inp.genome, tracks=inp.tracks,
+                             replicates=inp.replicates, has_rep=any(has_rep),
+                             exclude={c: exclude[c] for c in set(chrom_arr[r0:r1]) if c in exclude}))
+        totals = np.zeros((W, C), np.float64)
+        gc = np.full(W, np.nan, np.float32)
+        for r0, tot, g in _run_jobs(jobs, workers, progress, W):
+            totals[r0 : r0 + len(tot)] = tot
+            gc[r0 : r0 + len(g)] = g
+        win["gc"] = gc
+        _write_regions(root, win)
+        root.attrs.update(_attrs(cfg, win, totals, has_rep, past, chunk))
+    save_run_config(cfg)
+    return out
+
+
+def _run_jobs(jobs, workers: int, progress: bool, W: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from rich.console import Console
+
+    cols = [TextColumn("preparing windows"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*cols, console=Console(stderr=True), disable=not progress, transient=False) as bar:
+        task = bar.add_task("prepare", total=W)
+        if workers <= 0 or len(jobs) == 1:
+            for j in jobs:
+                res = _fill_task(j)
+                bar.advance(task, len(res[1]))
+                yield res
+            return
+        ctx = multiprocessing.get_context("spawn")  # safe even when torch/threads are loaded
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+            # Submit a bounded number of tasks at a time so results never pile up in memory.
+            pending = []
+            it = iter(jobs)
+            for j in it:
+                pending.append(ex.submit(_fill_task, j))
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                res = pending.pop(0).result()
+                bar.advance(task, len(res[1]))
+                yield res
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(ex.submit(_fill_task, nxt))
+
+
+def _write_regions(root, win: pd.DataFrame) -> None:
+    g = root.create_group("regions")
+    for c in REGION_COLUMNS:
+        if c in _STR_COLUMNS:
+            vals = win[c].astype(str).to_numpy(dtype=str)
+            a = g.create_array(c, shape=(len(win),), dtype=str, chunks=(max(1, min(len(win), 65536)),))
+        else:
+            dt = "float32" if c == "gc" else "int64"
+            vals = win[c].to_numpy(dtype=dt)
+            a = g.create_array(c, shape=(len(win),), dtype=dt, chunks=(max(1, min(len(win), 65536)),))
+        if len(win):
+            a[:] = vals
+
+
+def _attrs(cfg, win: pd.DataFrame, totals: np.ndarray, has_rep: list[bool], past: int, chunk: int) -> dict:
+    from seq2reads import __version__ as pkg_version
+    from seq2reads.data.tracks import read_rule
+
+    sel = ((win["kind"] == "peak") & (win["split"] == "train")).to_numpy()
+    if not sel.any():
+        sel = (win["kind"] == "peak").to_numpy()
+    stats = {}
+    for c, name in enumerate(cfg.cell_types):
+        t = totals[sel, c]
+        stats[name] = {"mean": float(t.mean()) if len(t) else 0.0, "median": float(np.median(t)) if len(t) else 0.0}
+    rule = read_rule(cfg.assay, cfg.reads)
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "package_version": pkg_version,
+        "samples": list(cfg.cell_types),
+        "input_len": int(cfg.window.input),
+        "output_len": int(cfg.window.output),
+        "jitter": int(cfg.window.jitter),
+        "span": span_of(cfg.window),
+        "assay": cfg.assay,
+        "read_rule": {"end": rule.end, "flip_strand": rule.flip_strand, "min_mapq": cfg.reads.min_mapq},
+        "config_hash": cfg.section_hash("genome", "regions", "samples", "assay", "reads", "exclude", "window",
+                                        "splits", "background"),
+        "n_windows": int(len(win)),
+        "n_peaks": int((win["kind"] == "peak").sum()),
+        "n_background": int((win["kind"] == "background").sum()),
+        "n_past_chrom_end": int(past),
+        "count_stats": stats,
+        "has_replicate": has_rep,
+        "chunk_rows": int(chunk),
+        "genome": str(cfg.genome),
+        "mask_rule": "False on exclude intervals, positions past chromosome ends and N bases",
+    }
+
+
+# -- reading -------------------------------------------------------------------------------------
+class DatasetStore:
+    """A prepared dataset: arrays (Zarr on disk, or numpy after :meth:`load`) plus the window table.
+
+    Attributes
+    ----------
+    seq : uint8 (W, S);  signal : float32 (W, C, 2, S);  mask : bool (W, S)
+    replicate_signal : float32 (W, C, 2, S) or None
+    regions : DataFrame (chrom, start, end, centre, name, split, kind, gc)
+    samples : list[str];  input_len, output_len, jitter, span : int;  attrs : dict
+    """
+
+    def __init__(self, arrays: dict[str, Any], regions: pd.DataFrame, attrs: dict, path: str | None = None) -> None:
+        self.seq = arrays["seq"]
+        self.signal = arrays["signal"]
+        self.mask = arrays["mask"]
+        self.replicate_signal = arrays.get("replicate_signal")
+        self.regions = regions
+        self.attrs = attrs
+        self.path = path
+        self.samples = list(attrs["samples"])
+        self.input_len = int(attrs["input_len"])
+        self.output_len = int(attrs["output_len"])
+        self.jitter = int(attrs["jitter"])
+        self.span = int(attrs["span"])
+        self.has_replicate = list(attrs.get("has_replicate", [False] * len(self.samples)))
+
+    def __len__(self) -> int:
+        return len(self.regions)
+
+    def __repr__(self) -> str:
+        return (f"DatasetStore({self.path or 'in memory'}: {len(self)} windows, samples={self.samples}, "
+                f"span={self.span})")
+
+    def indices(self, split: str | None = None, kinds=("peak", "background")) -> np.ndarray:
+        """Sorted rows (int64) of the windows in ``split`` ('train'/'valid'/'test'; None = all) of ``kinds``."""
+        if isinstance(kinds, str):
+            kinds = (kinds,)
+        sel = self.regions["kind"].isin(list(kinds)).to_numpy().copy()
+        if split is not None and split != "all":
+            splits = [split] if isinstance(split, str) else list(split)
+            sel &= self.regions["split"].isin(splits).to_numpy()
+        return np.nonzero(sel)[0].astype(np.int64)
+
+    def load(self) -> "DatasetStore":
+        """A copy with every array read fully into memory (numpy)."""
+        arrays = {k: np.asarray(v[...]) for k, v in
+                  (("seq", self.seq), ("signal", self.signal), ("mask", self.mask),
+                   ("replicate_signal", self.replicate_signal)) if v is not None}
+        return DatasetStore(arrays, self.regions.copy(), dict(self.attrs), self.path)
+
+    @property
+    def nbytes(self) -> int:
+        """Uncompressed size of the arrays (bytes)."""
+        arrs = [self.seq, self.signal, self.mask] + ([self.replicate_signal] if self.replicate_signal is not None else [])
+        return int(sum(np.dtype(a.dtype).itemsize * int(np.prod(a.shape)) for a in arrs))
+
+
+def open_dataset(path: str | os.PathLike) -> DatasetStore:
+    """Open a prepared dataset (``RUN/dataset``, or the run directory ``RUN`` itself; fsspec URLs work).
+
+    Raises
+    ------
+    UserError
+        No dataset there (run ``seq2reads prepare CONFIG`` first) or not a seq2reads dataset.
+    """
+    import zarr
+
+    p = str(path)
+    if "://" not in p:
+        pp = Path(p)
+        if (pp / DATASET_DIR / "zarr.json").exists():
+            pp = pp / DATASET_DIR
+        if not (pp / "zarr.json").exists():
+            raise UserError(f"no prepared dataset at {path}: run `seq2reads prepare CONFIG` first.")
+        p = str(pp)
+    try:
+        root = zarr.open_group(p, mode="r")
+    except Exception as e:  # noqa: BLE001 - any read failure is the user's path/dataset
+        raise UserError(f"cannot open dataset {path} ({type(e).__name__}): re-run `seq2reads prepare CONFIG`.") from None
+    attrs = json.loads(json.dumps(root.attrs.asdict()))
+    if attrs.get("format") != FORMAT:
+        raise UserError(f"{path} is not a seq2reads dataset: run `seq2reads prepare CONFIG` to create one.")
+    if int(attrs.get("version", 0)) > VERSION:
+        raise UserError(f"dataset {path} was written by a newer seq2reads (version {attrs['version']}): upgrade seq2reads.")
+    arrays = {k: root[k] for k in ("seq", "signal", "mask", "replicate_signal") if k in root}
+    reg = root["regions"]
+    cols = {}
+    for c in REGION_COLUMNS:
+        v = reg[c][...]
+        cols[c] = v.astype(object) if c in _STR_COLUMNS else v
+    return DatasetStore(arrays, pd.DataFrame(cols), attrs, p)

@@ -1,0 +1,203 @@
+"""prepare / open_dataset on hand-made FASTA (plain + bgzip), bigWig pairs and a BAM; bad inputs via the CLI."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pyBigWig
+import pyfaidx
+import pysam
+import pytest
+import yaml
+
+from seq2reads.cli import main
+from seq2reads.config import load_config
+from seq2reads.data.genome import codes_from_str
+from seq2reads.data.store import open_dataset, prepare
+from seq2reads.errors import UserError
+from tests.data.test_genome import bgzip, write_fasta
+
+CHROM_LENS = {"chr1": 30_000, "chr2": 24_000, "chr3": 20_000, "chr4": 16_000}
+BASES = np.array(list("ACGT"))
+
+
+def random_genome(rng, lens=CHROM_LENS, n_run=("chr2", 5000, 5300)):
+    seqs = {c: "".join(rng.choice(BASES, size=n)) for c, n in lens.items()}
+    if n_run:
+        c, a, b = n_run
+        seqs[c] = seqs[c][:a] + "N" * (b - a) + seqs[c][b:]
+    # soft-masked (lower-case) stretch: must read like upper case
+    seqs["chr1"] = seqs["chr1"][:100] + seqs["chr1"][100:400].lower() + seqs["chr1"][400:]
+    return seqs
+
+
+def write_bigwig(path, lens, values_by_chrom, sign=1.0):
+    """bigWig with per-base values (zeros skipped); ``sign=-1`` stores negative values."""
+    bw = pyBigWig.open(str(path), "w")
+    bw.addHeader(list(lens.items()))
+    for c in lens:
+        v = values_by_chrom.get(c)
+        if v is None:
+            continue
+        nz = np.nonzero(v)[0]
+        if len(nz):
+            bw.addEntries(c, nz.astype(np.int64).tolist(), values=(sign * v[nz]).astype(float).tolist(), span=1)
+    bw.close()
+    return str(path)
+
+
+def random_signal(rng, lens, rate=0.05):
+    return {c: rng.poisson(rate, size=n).astype(np.float32) * rng.integers(1, 4, size=n) for c, n in lens.items()}
+
+
+def write_bam(path, lens, reads):
+    """Sorted, indexed BAM. ``reads``: (chrom, pos, cigar, is_reverse, mapq, flag_extra)."""
+    header = {"HD": {"VN": "1.6", "SO": "coordinate"}, "SQ": [{"SN": c, "LN": n} for c, n in lens.items()]}
+    tmp = str(path) + ".unsorted.bam"
+    names = list(lens)
+    with pysam.AlignmentFile(tmp, "wb", header=header) as f:
+        for i, (chrom, pos, cigar, rev, mapq, extra) in enumerate(reads):
+            a = pysam.AlignedSegment(f.header)
+            a.query_name = f"r{i}"
+            a.reference_id = names.index(chrom)
+            a.reference_start = pos
+            a.cigarstring = cigar
+            qlen = sum(int(n) for n, op in _cigar_ops(cigar) if op in "MIS=X")
+            a.query_sequence = "A" * qlen
+            a.query_qualities = pysam.qualitystring_to_array("I" * qlen)
+            a.flag = (16 if rev else 0) | extra
+            a.mapping_quality = mapq
+            f.write(a)
+    pysam.sort("-o", str(path), tmp)
+    pysam.index(str(path))
+    return str(path)
+
+
+def _cigar_ops(cigar):
+    import re
+
+    return re.findall(r"(\d+)([MIDNSHP=X])", cigar)
+
+
+def make_inputs(tmp_path, seed=0, n_regions=60, compress=False, bam=True, narrowpeak=True, exclude=True,
+                replicate=True):
+    """Genome, two bigWig samples (one with minus stored negative, one with a replicate), a BAM sample,
+    regions and a config.yaml; returns (config path, dict of raw arrays)."""
+    rng = np.random.default_rng(seed)
+    seqs = random_genome(rng)
+    fa = write_fasta(tmp_path / "genome.fa", seqs)
+    if compress:
+        fa = bgzip(fa)
+    sig = {}
+    samples = []
+    for k, name in enumerate(["A", "B"]):
+        p, m = random_signal(rng, CHROM_LENS), random_signal(rng, CHROM_LENS)
+        del m["chr4"]  # a track without data on one chromosome
+        sig[name] = (p, m)
+        samples.append({"name": name,
+                        "plus": write_bigwig(tmp_path / f"{name}.plus.bw", CHROM_LENS, p),
+                        "minus": write_bigwig(tmp_path / f"{name}.minus.bw", CHROM_LENS, m, sign=-1.0 if k == 0 else 1.0)})
+    if replicate:
+        rp, rm = random_signal(rng, CHROM_LENS), random_signal(rng, CHROM_LENS)
+        sig["A_rep"] = (rp, rm)
+        samples[0]["replicates"] = [{"plus": write_bigwig(tmp_path / "A2.plus.bw", CHROM_LENS, rp),
+                                     "minus": write_bigwig(tmp_path / "A2.minus.bw", CHROM_LENS, rm)}]
+    if bam:
+        reads = []
+        for c, n in CHROM_LENS.items():
+            for pos in np.sort(rng.integers(0, n - 60, size=n // 40)):
+                reads.append((c, int(pos), rng.choice(["36M", "10M5D26M", "5S31M", "12M200N24M"]), bool(rng.random() < 0.5),
+                              int(rng.integers(0, 60)), 0))
+        samples.append({"name": "C", "bam": write_bam(tmp_path / "C.bam", CHROM_LENS, reads)})
+    lines = []
+    for i in range(n_regions):
+        c = rng.choice(list(CHROM_LENS))
+        s = int(rng.integers(0, CHROM_LENS[c] - 400))
+        e = s + int(rng.integers(100, 400))
+        if narrowpeak:
+            summit = int(rng.integers(0, e - s)) if i % 3 else -1
+            lines.append(f"{c}\t{s}\t{e}\tpeak{i}\t0\t.\t1.0\t-1\t-1\t{summit}")
+        else:
+            lines.append(f"{c}\t{s}\t{e}\tpeak{i}")
+    (tmp_path / "regions.bed").write_text("track name=x\n" + "\n".join(lines) + "\n")
+    cfg = {"run_dir": "run", "genome": str(fa), "regions": "regions.bed", "assay": "pro-cap",
+           "samples": samples, "window": {"input": 200, "output": 100, "jitter": 10},
+           "splits": {"valid": ["chr3"], "test": ["chr4"]}, "background": {"ratio": 0.5}}
+    if exclude:
+        (tmp_path / "exclude.bed").write_text("chr1\t1000\t1500\nchr2\t200\t260\n")
+        cfg["exclude"] = "exclude.bed"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, {"seqs": seqs, "signal": sig}
+
+
+def test_prepare_matches_direct_reads(tmp_path):
+    cfg_path, raw = make_inputs(tmp_path)
+    cfg = load_config(cfg_path)
+    out = prepare(cfg, progress=False)
+    assert out == tmp_path / "run" / "dataset"
+    assert (tmp_path / "run" / "config.yaml").exists()
+    ds = open_dataset(tmp_path / "run")
+    S = 200 + 2 * 10
+    W = len(ds.regions)
+    assert ds.seq.shape == (W, S) and ds.signal.shape == (W, 3, 2, S) and ds.mask.shape == (W, S)
+    assert ds.samples == ["A", "B", "C"] and ds.span == S and ds.input_len == 200 and ds.output_len == 100
+    assert set(ds.regions["kind"]) == {"peak", "background"}
+    assert (ds.regions["kind"] == "peak").sum() == 60
+    assert ds.replicate_signal is not None and ds.has_replicate == [True, False, False]
+    assert set(ds.regions.loc[ds.regions.chrom == "chr4", "split"]) == {"test"}
+    assert set(ds.regions.loc[ds.regions.chrom == "chr3", "split"]) == {"valid"}
+    np.testing.assert_array_equal(ds.indices("test", ("peak",)),
+                                  np.nonzero(((ds.regions.split == "test") & (ds.regions.kind == "peak")).to_numpy())[0])
+    fa = pyfaidx.Fasta(str(cfg.genome))
+    bws = {s.name: (pyBigWig.open(s.plus), pyBigWig.open(s.minus)) for s in cfg.samples if s.plus}
+    rng = np.random.default_rng(1)
+    for w in rng.choice(W, size=25, replace=False):
+        r = ds.regions.iloc[w]
+        s, e, c = int(r.start), int(r.end), r.chrom
+        L = len(fa[c])
+        lo, hi = max(s, 0), min(e, L)
+        expect = np.full(S, 4, np.uint8)
+        expect[lo - s : hi - s] = codes_from_str(str(fa[c][lo:hi]))
+        np.testing.assert_array_equal(ds.seq[w], expect)
+        for k, name in enumerate(["A", "B"]):
+            for strand in range(2):
+                v = np.zeros(S, np.float32)
+                if c in bws[name][strand].chroms() and hi > lo:
+                    v[lo - s : hi - s] = np.abs(np.nan_to_num(np.array(bws[name][strand].values(c, lo, hi))))
+                np.testing.assert_array_equal(ds.signal[w][k, strand], v)
+        # the BAM sample (pro-cap: read 5' end, same strand), counted read by read with pysam
+        v = np.zeros((2, S), np.float32)
+        with pysam.AlignmentFile(cfg.samples[2].bam) as bam:
+            for a in bam.fetch(c, lo, hi):
+                p = a.reference_end - 1 if a.is_reverse else a.reference_start
+                if s <= p < e:
+                    v[int(a.is_reverse), p - s] += 1
+        np.testing.assert_array_equal(ds.signal[w][2], v)
+    # mask: N run, exclude intervals and past-end positions are False
+    reg = ds.regions
+    for w in range(W):
+        r = reg.iloc[w]
+        pos = np.arange(r.start, r.end)
+        L = len(fa[r.chrom])
+        bad = (pos < 0) | (pos >= L) | (ds.seq[w] == 4)
+        if r.chrom == "chr1":
+            bad |= (pos >= 1000) & (pos < 1500)
+        if r.chrom == "chr2":
+            bad |= (pos >= 200) & (pos < 260)
+        np.testing.assert_array_equal(ds.mask[w], ~bad)
+    # background: away from peaks and N runs, GC recorded
+    bg = reg[reg.kind == "background"]
+    assert len(bg) > 0 and (ds.seq[np.nonzero((reg.kind == "background").to_numpy())[0]] != 4).all()
+    gc = ds.regions["gc"].to_numpy()
+    assert np.isfinite(gc).all() and ((gc >= 0) & (gc <= 1)).all()
+    # count stats over train peaks, output window
+    sel = np.nonzero(((reg.kind == "peak") & (reg.split == "train")).to_numpy())[0]
+    lo = (S - 100) // 2
+    tot = np.asarray(ds.signal[sel])[..., lo : lo + 100].sum(axis=(2, 3))
+    assert ds.attrs["count_stats"]["A"]["mean"] == pytest.approx(tot[:, 0].mean(), rel=1e-5)
+    assert ds.attrs["count_stats"]["C"]["median"] == pytest.approx(np.median(tot[:, 2]), rel=1e-5)
+    mem = ds.load()
+    assert isinstance(mem.signal, np.ndarray)
+    np.testing.assert_array_equal(mem.signal[sel], np.asarray(ds.signal[sel]))
