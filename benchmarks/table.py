@@ -1,0 +1,139 @@
+"""The README's benchmark table, built only from the measured results in ``benchmarks/results/*.json``.
+
+Each results file holds one JSON object or JSON lines (one object per line), as printed by the
+benchmark scripts. The table lists every object: benchmark name, its figures, the target, the
+machine and the date it was measured. Nothing is typed in by hand.
+
+Usage::
+
+    python benchmarks/table.py            # print the Markdown table
+    python benchmarks/table.py --write    # replace the table between the markers in README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+START, END = "<!-- BENCHMARKS:START -->", "<!-- BENCHMARKS:END -->"
+NAME_KEYS = ("benchmark", "name", "bench")
+DATE_KEYS = ("date", "timestamp", "time", "when", "measured")
+MACHINE_KEYS = ("machine", "device", "host", "hardware")
+TARGET_KEYS = ("target", "targets", "goal")
+SKIP_KEYS = {"note", "notes", "command", "config", "version", "package_version"}
+MAX_FIGURES = 10
+
+
+def load_results(results: Path = RESULTS) -> list[tuple[Path, dict]]:
+    """(file, object) for every JSON object in ``results/*.json`` / ``*.jsonl``, in file-name order."""
+    out = []
+    for f in sorted([*results.glob("*.json"), *results.glob("*.jsonl")]):
+        text = f.read_text().strip()
+        if not text:
+            continue
+        try:
+            objs = [json.loads(text)]
+        except json.JSONDecodeError:
+            objs = [json.loads(line) for line in text.splitlines() if line.strip()]
+        for o in objs if not isinstance(objs[0], list) else objs[0]:
+            if isinstance(o, dict):
+                out.append((f, o))
+    return out
+
+
+def _first(obj: dict, keys) -> object | None:
+    for k in keys:
+        if obj.get(k) not in (None, ""):
+            return obj[k]
+    return None
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+            return f"{v:.3g}"
+        return f"{v:,.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, (list, tuple)) and len(v) <= 4 and all(isinstance(x, (int, float, str)) for x in v):
+        return ", ".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def _flatten(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            yield from _flatten(v, key + ".")
+        else:
+            yield key, v
+
+
+def _date(obj: dict, f: Path) -> str:
+    d = _first(obj, DATE_KEYS)
+    if isinstance(d, (int, float)):
+        return dt.datetime.fromtimestamp(d, dt.timezone.utc).strftime("%Y-%m-%d")
+    if isinstance(d, str):
+        return d[:10]
+    return dt.datetime.fromtimestamp(f.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d") + " (file)"
+
+
+def row(f: Path, obj: dict) -> list[str]:
+    """One Markdown table row: benchmark, figures, target, machine, date."""
+    used = set(NAME_KEYS) | set(DATE_KEYS) | set(MACHINE_KEYS) | set(TARGET_KEYS) | SKIP_KEYS
+    figures = []
+    for k, v in _flatten({k: v for k, v in obj.items() if k not in used}):
+        if isinstance(v, (int, float, bool)) or (isinstance(v, str) and len(v) <= 40) or isinstance(v, list):
+            s = _fmt(v)
+            if len(s) <= 60:
+                figures.append(f"{k} = {s}")
+    more = f" (+{len(figures) - MAX_FIGURES} more in {f.name})" if len(figures) > MAX_FIGURES else ""
+    target = _first(obj, TARGET_KEYS)
+    target_s = "; ".join(f"{k} {v}" for k, v in target.items()) if isinstance(target, dict) else _fmt(target or "–")
+    cells = [str(_first(obj, NAME_KEYS) or f.stem), "; ".join(figures[:MAX_FIGURES]) + more, target_s,
+             str(_first(obj, MACHINE_KEYS) or "–"), _date(obj, f)]
+    return [c.replace("|", "\\|").replace("\n", " ") for c in cells]
+
+
+def markdown(results: Path = RESULTS) -> str:
+    """The Markdown table (or a sentence saying that no results were measured yet)."""
+    rows = [row(f, o) for f, o in load_results(results)]
+    if not rows:
+        return "_No benchmark has been run yet: run the scripts in `benchmarks/`, then `python benchmarks/table.py --write`._"
+    head = "| benchmark | measured | target | machine | date |\n|---|---|---|---|---|\n"
+    return head + "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
+def write_readme(readme: Path = ROOT / "README.md", results: Path = RESULTS) -> None:
+    """Replace the text between the benchmark markers in the README with the current table."""
+    text = readme.read_text()
+    if START not in text or END not in text:
+        sys.exit(f"{readme} has no {START} ... {END} markers")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{START}\n{markdown(results)}\n{END}{tail}"
+    tmp = readme.with_name(f".{readme.name}.tmp")
+    tmp.write_text(new)
+    tmp.replace(readme)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--write", action="store_true", help="update README.md in place")
+    args = p.parse_args(argv)
+    if args.write:
+        write_readme()
+    else:
+        print(markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
