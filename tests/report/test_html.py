@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from seq2reads.config import validate_config
-from seq2reads.report.html import SECTIONS, fmt, metric_subsets, report_run
+from seq2reads.report.html import SECTIONS, fmt, metric_subsets, per_cell_subsets, report_run
 from tests.report.chromium import dump_dom, images_loaded, screenshot
 
 
@@ -40,7 +40,13 @@ def test_metric_subsets_flattens_nested_metrics():
          "per_cell_type": {"A": {"peaks": {"profile_pearson": 0.1}}}}
     subs = metric_subsets(m)
     assert subs == {"peaks": {"profile_pearson": 0.5, "count_pearson": 0.7}, "all": {"profile_pearson": 0.4}}
-    assert metric_subsets({"profile_jsd": 0.3, "n": 5}) == {"all": {"profile_jsd": 0.3, "n": 5.0}}
+    assert metric_subsets({"profile_jsd": 0.3, "n": 5}) == {"overall": {"profile_jsd": 0.3, "n": 5.0}}
+    # evaluate's layout: SPEC keys (= peaks) repeated under "peaks", plus "all"; the duplicate is dropped
+    peaks = {"overall": {"profile_pearson": 0.5}, "per_cell_type": {"A": {"profile_pearson": 0.6}}}
+    full = {"overall": peaks["overall"], "per_cell_type": peaks["per_cell_type"], "peaks": peaks,
+            "all": {"overall": {"profile_pearson": 0.3}, "per_cell_type": {"A": {"profile_pearson": 0.2}}}}
+    assert metric_subsets(full) == {"peaks": {"profile_pearson": 0.5}, "all": {"profile_pearson": 0.3}}
+    assert per_cell_subsets(full) == {"peaks": {"A": {"profile_pearson": 0.6}}, "all": {"A": {"profile_pearson": 0.2}}}
 
 
 def test_fmt_numbers():
