@@ -82,12 +82,49 @@ class _Collector:
         return {"overall": M.mean_over_cell_types(per_cell), "per_cell_type": per_cell}
 
 
-def _section(col: _Collector, is_peak: np.ndarray, cells: list[str], flat: bool) -> dict:
-    peaks = col.summary(is_peak, cells)
-    everything = col.summary(np.ones_like(is_peak), cells)
-    out = {"overall": peaks["overall"], "per_cell_type": peaks["per_cell_type"], "peaks": peaks, "all": everything}
-    if flat:  # SPEC shows baseline/ceiling as flat metric dicts: keep those keys too
-        out = {**{k: peaks["overall"][k] for k in M.METRICS}, **out}
+def _flat(section: dict) -> dict:
+    """SPEC shows baseline/ceiling as flat metric dicts: add the peaks-overall metrics as top-level keys."""
+    return {**{k: section["overall"][k] for k in M.METRICS}, **section}
+
+
+def evaluate_predictors(store, indices: np.ndarray, predictors: dict, batch_size: int = 64,
+                        progress: bool = True) -> dict[str, dict]:
+    """Score several predictors on the same un-augmented windows with the SPEC metrics.
+
+    Parameters
+    ----------
+    store : DatasetStore
+    indices : int array
+        Store rows to evaluate (e.g. ``store.indices("test")``).
+    predictors : dict name -> fn(batch) -> (probs (B, C, 2, L_out), log_counts (B, C))
+        ``batch`` is a loader batch (``seq``, ``signal``, ``mask``, ``index``); ``probs`` are profile
+        probabilities (both strands of a cell type jointly), ``log_counts`` predicted log(1 + total).
+
+    Returns
+    -------
+    dict name -> {"overall", "per_cell_type", "peaks": {...}, "all": {...}}; "overall" and
+    "per_cell_type" are the peaks-only values.
+    """
+    from seq2reads.data.loader import center_crop, iter_batches
+
+    cells = list(store.samples)
+    L = store.output_len
+    indices = np.asarray(indices, dtype=np.int64)
+    is_peak = store.regions["kind"].to_numpy()[indices] == "peak"
+    cols = {name: _Collector(len(cells)) for name in predictors}
+    batches = iter_batches(store, indices, batch_size)
+    for batch in _progress(batches, math.ceil(len(indices) / batch_size), "evaluating", progress):
+        counts = center_crop(batch["signal"], L).numpy()
+        mask = center_crop(batch["mask"], L).numpy()
+        for name, fn in predictors.items():
+            probs, logc = fn(batch)
+            cols[name].add(np.asarray(probs), np.asarray(logc), counts, mask)
+    out = {}
+    for name, col in cols.items():
+        peaks = col.summary(is_peak, cells)
+        everything = col.summary(np.ones_like(is_peak), cells)
+        out[name] = {"overall": peaks["overall"], "per_cell_type": peaks["per_cell_type"], "peaks": peaks,
+                     "all": everything}
     return out
 
 
@@ -269,8 +306,6 @@ def evaluate_run(cfg, batch_size: int | None = None, device: str | None = None, 
     UserError
         No trained model or dataset, a model file from another version, no test windows.
     """
-    from seq2reads.data.loader import center_crop, iter_batches
-
     run = Path(cfg.run_dir)
     model = load_trained_model(run, device)
     store = open_run_dataset(run)
@@ -286,42 +321,39 @@ def evaluate_run(cfg, batch_size: int | None = None, device: str | None = None, 
     L = store.output_len
 
     base_probs, base_logc = average_profile_baseline(store, max(bs, 256))
-    ceiling_fn, ceiling_note, ceiling_close = _ceiling_source(cfg, store)
-    cols = {"test": _Collector(len(cells)), "baseline": _Collector(len(cells))}
-    if ceiling_fn is not None:
-        cols["ceiling"] = _Collector(len(cells))
 
+    def from_model(batch):
+        logits, logc = predict_windows(model, batch["seq"], bs)
+        if logits.shape[1:] != (len(cells), 2, L):
+            raise UserError(
+                f"the model predicts {tuple(logits.shape[1:])} (cell types, strands, positions) per window but the "
+                f"dataset holds {(len(cells), 2, L)}: evaluate with the dataset the model was trained on."
+            )
+        return M.softmax_profile(logits, axis_start=2), logc
+
+    def from_baseline(batch):
+        n = len(batch["index"])
+        return np.broadcast_to(base_probs, (n, *base_probs.shape)), np.broadcast_to(base_logc, (n, len(cells)))
+
+    ceiling_fn, ceiling_note, ceiling_close = _ceiling_source(cfg, store)
+    predictors = {"test": from_model, "baseline": from_baseline}
+    if ceiling_fn is not None:
+        predictors["ceiling"] = ceiling_fn
     try:
-        batches = iter_batches(store, idx, bs)
-        for batch in _progress(batches, math.ceil(len(idx) / bs), "evaluating", progress):
-            counts = center_crop(batch["signal"], L).numpy()
-            mask = center_crop(batch["mask"], L).numpy()
-            logits, logc = predict_windows(model, batch["seq"], bs)
-            if logits.shape[1:] != counts.shape[1:]:
-                raise UserError(
-                    f"the model predicts {tuple(logits.shape[1:])} (cell types, strands, positions) per window but the "
-                    f"dataset holds {tuple(counts.shape[1:])}: evaluate with the dataset the model was trained on."
-                )
-            n = len(counts)
-            cols["test"].add(M.softmax_profile(logits, axis_start=2), logc, counts, mask)
-            cols["baseline"].add(np.broadcast_to(base_probs, counts.shape), np.broadcast_to(base_logc, (n, len(cells))),
-                                 counts, mask)
-            if ceiling_fn is not None:
-                p, lc = ceiling_fn(batch)
-                cols["ceiling"].add(p, lc, counts, mask)
+        sections = evaluate_predictors(store, idx, predictors, bs, progress)
     finally:
         if ceiling_close is not None:
             ceiling_close()
 
     result: dict = {
-        "test": _section(cols["test"], is_peak, cells, flat=False),
-        "baseline": {**_section(cols["baseline"], is_peak, cells, flat=True),
+        "test": sections["test"],
+        "baseline": {**_flat(sections["baseline"]),
                      "note": "average training-peak profile per cell type with a constant count (mean training "
                              "log(1+total)); count correlations are undefined for a constant and reported as null"},
         "ceiling": None,
     }
     if ceiling_fn is not None:
-        result["ceiling"] = {**_section(cols["ceiling"], is_peak, cells, flat=True), "note": ceiling_note}
+        result["ceiling"] = {**_flat(sections["ceiling"]), "note": ceiling_note}
     else:
         result["ceiling_note"] = ceiling_note
     if getattr(cfg.model, "type", "bpnet") == "encoder":
