@@ -289,7 +289,7 @@ DEMO_COMMON = [
     "train.max_epochs=8",
     "train.warmup_steps=20",
     "train.patience=3",
-    "train.precision=32",
+    "train.precision='32'",
     "train.devices=1",
     "train.accelerator=cpu",
     "train.checkpoint_every=50",
@@ -320,7 +320,7 @@ QUICK_COMMON = [
     "train.batch_size=32",
     "train.max_epochs=1",
     "train.warmup_steps=2",
-    "train.precision=32",
+    "train.precision='32'",
     "train.devices=1",
     "train.accelerator=cpu",
     "train.checkpoint_every=20",
@@ -342,34 +342,21 @@ QUICK_ENCODER = ["model.type=encoder", "model.d_model=16", "model.depth=1", "mod
 
 
 def planted_motifs(truth_path: Path, n: int = 3) -> list[str]:
-    """JASPAR IDs of up to ``n`` planted motifs from the simulator's ``truth.json``.
+    """JASPAR IDs of up to ``n`` planted activating motifs from the simulator's ``truth.json``.
 
-    Picks the most frequently planted ones first, mixing shared and cell-type-specific TFs.
+    The most-planted shared TF first, then the most-planted cell-type-specific ones, so that the
+    marginalisation shows both a shared and a cell-type-specific effect.
     """
     truth = json.loads(Path(truth_path).read_text())
-    motifs = truth.get("motifs") or []
-    counts: dict[str, int] = {}
-    for inst in truth.get("instances", []) or []:
-        key = inst.get("motif") or inst.get("motif_id") or inst.get("jaspar_id")
-        if key is not None:
-            counts[key] = counts.get(key, 0) + 1
-    items = []
-    for m in motifs if isinstance(motifs, list) else [{"id": k, **v} for k, v in motifs.items()]:
-        mid = m.get("jaspar_id") or m.get("id") or m.get("matrix_id")
-        if mid is None:
-            continue
-        items.append((-(counts.get(mid, 0) or counts.get(m.get("name", ""), 0) or m.get("n_instances", 0)),
-                      bool(m.get("cell_types") and len(m.get("cell_types")) == 1), mid))
-    items.sort()
-    chosen: list[str] = []
-    # Alternate shared and specific so that the demo shows both kinds.
-    shared = [i[2] for i in items if not i[1]]
-    specific = [i[2] for i in items if i[1]]
-    while len(chosen) < n and (shared or specific):
-        for pool in (shared, specific):
-            if pool and len(chosen) < n:
-                chosen.append(pool.pop(0))
-    return chosen
+    motifs = [m for m in truth.get("motifs", []) if isinstance(m, dict) and m.get("jaspar_id")]
+    by_role: dict[str, list[dict]] = {}
+    for m in motifs:
+        by_role.setdefault(m.get("role", ""), []).append(m)
+    for ms in by_role.values():
+        ms.sort(key=lambda m: -int(m.get("n_instances", 0)))
+    shared, specific = by_role.get("shared", []), by_role.get("specific", [])
+    order = shared[:1] + specific + shared[1:]
+    return [m["jaspar_id"] for m in order][:n]
 
 
 def demo(out: Path, quick: bool = False, log: Callable[[str], None] = print) -> Path:

@@ -140,7 +140,7 @@ def section_data(cfg: Config, run: Path) -> str:
         pk = tot[kinds_s == "peak", c]
         bg = tot[kinds_s == "background", c]
         cell_rows.append([cell, float(np.median(pk)) if len(pk) else np.nan, float(np.mean(pk)) if len(pk) else np.nan,
-                          float(np.median(bg)) if len(bg) else np.nan, float((pk > 0).mean()) if len(pk) else np.nan])
+                          float(np.median(bg)) if len(bg) else np.nan, f"{(pk > 0).mean():.0%}" if len(pk) else "–"])
     gc = {k: reg["gc"].to_numpy()[reg["kind"].to_numpy() == k] for k in reg["kind"].unique()} if "gc" in reg else None
     fig = plots.counts_figure(totals, gc)
     spec = (f"Windows of {store.input_len:,} bp input → {store.output_len:,} bp output, jitter ±{store.jitter} bp; "
@@ -189,48 +189,58 @@ def section_training(cfg: Config, run: Path) -> str:
             table(last, ["column", "first", "last", "min", "points"]) + "</details>")
 
 
-def _is_metrics(d: object) -> bool:
-    return isinstance(d, dict) and bool(d) and any(isinstance(v, (int, float)) for v in d.values())
+def _numbers(d: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def metric_subsets(node: object, prefix: str = "") -> dict[str, dict[str, float]]:
-    """Flatten a metrics node into {subset name: {metric: value}}.
-
-    Accepts flat dicts of metrics, and nestings such as ``{"peaks": {...}, "all": {...}}`` or
-    ``{"overall": {...}, "per_cell_type": {...}}`` (per-cell-type entries are left out here).
-    """
-    out: dict[str, dict[str, float]] = {}
-    if not isinstance(node, dict):
-        return out
-    flat = {k: float(v) for k, v in node.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if flat:
-        out[prefix or "all"] = flat
-    for k, v in node.items():
-        if k == "per_cell_type" or not isinstance(v, dict):
-            continue
-        name = prefix if k == "overall" else (f"{prefix} · {k}" if prefix else k)
-        out.update(metric_subsets(v, name))
+def _dedupe(out: dict) -> dict:
+    """Drop the unnamed 'overall' subset when a named subset (e.g. 'peaks') holds the same numbers."""
+    if "overall" in out and any(k != "overall" and v == out["overall"] for k, v in out.items()):
+        out = {k: v for k, v in out.items() if k != "overall"}
     return out
 
 
-def _per_cell(node: object) -> dict[str, dict[str, dict[str, float]]]:
+def metric_subsets(node: object) -> dict[str, dict[str, float]]:
+    """Flatten a metrics node into {subset name: {metric: value}}.
+
+    Accepts flat dicts of metrics and nestings such as ``{"overall": {...}, "per_cell_type": {...},
+    "peaks": {"overall": ...}, "all": {...}}`` (per-cell-type entries are left out here; see
+    :func:`per_cell_subsets`). An ``overall`` level adds no name.
+    """
+    out: dict[str, dict[str, float]] = {}
+
+    def visit(n, name):
+        if not isinstance(n, dict):
+            return
+        flat = _numbers(n)
+        if flat:
+            out.setdefault(name or "overall", flat)
+        for k, v in n.items():
+            if k != "per_cell_type" and isinstance(v, dict):
+                visit(v, name if k == "overall" else (f"{name} · {k}" if name else k))
+
+    visit(node, "")
+    return _dedupe(out)
+
+
+def per_cell_subsets(node: object) -> dict[str, dict[str, dict[str, float]]]:
     """{subset: {cell: metrics}} from the ``per_cell_type`` entries anywhere under ``node``."""
     out: dict[str, dict[str, dict[str, float]]] = {}
 
-    def visit(n, prefix):
+    def visit(n, name):
         if not isinstance(n, dict):
             return
+        pc = n.get("per_cell_type")
+        if isinstance(pc, dict):
+            cells = {cell: _numbers(m) for cell, m in pc.items() if isinstance(m, dict) and _numbers(m)}
+            if cells:
+                out.setdefault(name or "overall", cells)
         for k, v in n.items():
-            if k == "per_cell_type" and isinstance(v, dict):
-                for cell, m in v.items():
-                    for sub, vals in metric_subsets(m).items():
-                        key = f"{prefix} · {sub}".strip(" ·") if sub != "all" else (prefix or "all")
-                        out.setdefault(key, {})[cell] = vals
-            elif isinstance(v, dict):
-                visit(v, prefix if k == "overall" else (f"{prefix} · {k}" if prefix else k))
+            if k != "per_cell_type" and isinstance(v, dict):
+                visit(v, name if k == "overall" else (f"{name} · {k}" if name else k))
 
     visit(node, "")
-    return out
+    return _dedupe(out)
 
 
 def _ordered(metrics: Sequence[str]) -> list[str]:
@@ -281,7 +291,7 @@ def section_metrics(cfg: Config, run: Path) -> str:
         bar_metrics = [b for b in BAR_METRICS if b in names]
         if bar_metrics:
             parts.append(figure(plots.metric_bars_figure(cols, bar_metrics), f"Overall test metrics, {sub}"))
-    for sub, cells in _per_cell(m.get("test", {})).items():
+    for sub, cells in per_cell_subsets(m.get("test", {})).items():
         names = _ordered(set().union(*[set(v) for v in cells.values()]))
         rows = [[cell, *[vals.get(n, np.nan) for n in names]] for cell, vals in cells.items()]
         parts.append(f"<h3>Per cell type — {esc(sub)}</h3>" + table(rows, ["cell type", *names], cls="metrics"))
@@ -292,6 +302,11 @@ def section_metrics(cfg: Config, run: Path) -> str:
             names = _ordered(set().union(*[set(x) for x in subs.values()]))
             rows = [[n, *[s.get(n, np.nan) for s in subs.values()]] for n in names]
             parts.append(f"<h3>{esc(k.replace('_', ' '))}</h3>" + table(rows, ["metric", *subs], cls="metrics"))
+    notes = [("baseline", (m.get("baseline") or {}).get("note") if isinstance(m.get("baseline"), dict) else None),
+             ("ceiling", (m.get("ceiling") or {}).get("note") if isinstance(m.get("ceiling"), dict) else m.get("ceiling_note"))]
+    for k, note in notes:
+        if isinstance(note, str) and note:
+            parts.append(f'<p class="note"><b>{k}</b>: {esc(note)}</p>')
     if missing_others:
         parts.append(f'<p class="missing">No metrics yet for compared run(s): {esc(", ".join(missing_others))}.</p>')
     return "".join(parts)

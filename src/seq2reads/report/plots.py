@@ -172,9 +172,11 @@ def counts_figure(totals: dict[str, dict[str, np.ndarray]], gc: dict[str, np.nda
         ax.legend()
     if gc:
         ax = axes[0, -1]
+        allgc = np.concatenate([np.asarray(v, float) for v in gc.values()])
+        lo, hi = (np.nanmin(allgc) - 0.02, np.nanmax(allgc) + 0.02) if allgc.size else (0.0, 1.0)
         for i, (kind, v) in enumerate(sorted(gc.items())):
             if len(v):
-                ax.hist(v, bins=np.linspace(0, 1, 31), alpha=0.6, color=PALETTE[i], label=kind, density=True)
+                ax.hist(v, bins=np.linspace(lo, hi, 31), alpha=0.6, color=PALETTE[i], label=kind, density=True)
         ax.set_title("GC fraction")
         ax.set_xlabel("GC")
         ax.legend()
