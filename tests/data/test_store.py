@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
+from pathlib import Path
 
 import numpy as np
 import pyBigWig
@@ -127,6 +127,15 @@ def make_inputs(tmp_path, seed=0, n_regions=60, compress=False, bam=True, narrow
     if exclude:
         (tmp_path / "exclude.bed").write_text("chr1\t1000\t1500\nchr2\t200\t260\n")
         cfg["exclude"] = "exclude.bed"
+    # paths relative to the config's folder, so that a copied folder is self-contained
+    cfg["genome"] = Path(cfg["genome"]).name
+    for s in samples:
+        for k in ("plus", "minus", "bam"):
+            if k in s:
+                s[k] = Path(s[k]).name
+        for r in s.get("replicates", []):
+            for k in ("plus", "minus"):
+                r[k] = Path(r[k]).name
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path, {"seqs": seqs, "signal": sig}
@@ -201,3 +210,115 @@ def test_prepare_matches_direct_reads(tmp_path):
     mem = ds.load()
     assert isinstance(mem.signal, np.ndarray)
     np.testing.assert_array_equal(mem.signal[sel], np.asarray(ds.signal[sel]))
+
+
+# -- bad input through the command line ---------------------------------------------------------
+def _edit_config(path, **changes):
+    cfg = yaml.safe_load(path.read_text())
+    for k, v in changes.items():
+        if k.startswith("sample0_"):
+            cfg["samples"][0][k[len("sample0_"):]] = v
+        elif k.startswith("sample2_"):
+            cfg["samples"][2][k[len("sample2_"):]] = v
+        else:
+            cfg[k] = v
+    path.write_text(yaml.safe_dump(cfg))
+
+
+def _renamed_bigwig(tmp_path):
+    lens = {c.removeprefix("chr"): n for c, n in CHROM_LENS.items()}
+    return write_bigwig(tmp_path / "renamed.bw", lens, {"1": np.ones(30_000, np.float32)})
+
+
+def _plain_gzip_genome(tmp_path):
+    import gzip
+
+    out = tmp_path / "genome.gz.fa.gz"
+    with gzip.open(out, "wt") as f:
+        f.write((tmp_path / "genome.fa").read_text())
+    return str(out)
+
+
+BAD_INPUTS = {
+    "regions chr1 vs 1": (lambda d: (d / "regions.bed").write_text("1\t100\t300\n2\t500\t900\n"),
+                          r"names differ.*'1'.*'chr1'"),
+    "track chr1 vs 1": (lambda d: _edit_config(d / "config.yaml", sample0_plus=_renamed_bigwig(d),
+                                               sample0_minus=_renamed_bigwig(d)), r"names differ.*'1'"),
+    "region on missing chromosome": (lambda d: (d / "regions.bed").write_text("chr1\t100\t300\nchrUn_x\t5\t50\n"),
+                                     r"lacks.*'chrUn_x'"),
+    "empty regions": (lambda d: (d / "regions.bed").write_text(""), "no regions"),
+    "malformed regions": (lambda d: (d / "regions.bed").write_text("chr1\t100\t300\nchr1\tten\t300\n"), "line 2"),
+    "missing file": (lambda d: _edit_config(d / "config.yaml", sample0_plus=str(d / "nope.bw")), "not found"),
+    "missing genome": (lambda d: _edit_config(d / "config.yaml", genome=str(d / "nope.fa")), "not found"),
+    "not a bigWig": (lambda d: _edit_config(d / "config.yaml", sample0_plus=str(d / "regions.bed")), "not a bigWig"),
+    "not a BAM": (lambda d: _edit_config(d / "config.yaml", sample2_bam=str(d / "A.plus.bw")), "not a BAM"),
+    "not a FASTA": (lambda d: _edit_config(d / "config.yaml", genome=str(d / "A.plus.bw")), "not a FASTA"),
+    "gzip not bgzip FASTA": (lambda d: _edit_config(d / "config.yaml", genome=_plain_gzip_genome(d)), "bgzip"),
+    "BAM without index": (lambda d: (d / "C.bam.bai").unlink(), "samtools index"),
+    "config typo": (lambda d: _edit_config(d / "config.yaml", windw={"input": 100}), "Did you mean 'window'"),
+    "splits on absent chromosomes": (lambda d: _edit_config(d / "config.yaml", splits={"valid": ["8"], "test": ["4"]}),
+                                     "splits.valid"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_input_template(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    make_inputs(d, n_regions=8, replicate=False)
+    return d
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_exits_2(case, bad_input_template, tmp_path, capsys):
+    import re
+    import shutil
+
+    d = tmp_path / "in"
+    shutil.copytree(bad_input_template, d)
+    change, match = BAD_INPUTS[case]
+    change(d)
+    rc = main(["prepare", str(d / "config.yaml")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert "\n" not in err and err.startswith("seq2reads prepare: error:")
+    assert re.search(match, err), err
+    assert not (d / "run" / "dataset").exists()
+    assert not list((d / "run").glob(".dataset*")) if (d / "run").exists() else True
+
+
+def test_region_past_chromosome_end(tmp_path, capsys):
+    make_inputs(tmp_path, n_regions=4, bam=False, replicate=False, exclude=False)
+    L = CHROM_LENS["chr2"]
+    with open(tmp_path / "regions.bed", "a") as f:
+        f.write(f"chr2\t{L - 30}\t{L}\tend\nchr3\t0\t20\tstart\n")
+    with pytest.warns(UserWarning, match="2 region window"):
+        assert main(["prepare", str(tmp_path / "config.yaml")]) == 0
+    ds = open_dataset(tmp_path / "run")
+    assert ds.attrs["n_past_chrom_end"] == 2
+    S = ds.span
+    for name, chrom in (("end", "chr2"), ("start", "chr3")):
+        w = int(np.nonzero((ds.regions["name"] == name).to_numpy())[0][0])
+        r = ds.regions.iloc[w]
+        pos = np.arange(r.start, r.end)
+        outside = (pos < 0) | (pos >= CHROM_LENS[chrom])
+        assert outside.any() and len(pos) == S
+        assert (ds.seq[w][outside] == 4).all() and (ds.seq[w][~outside] != 4).all()
+        assert (ds.signal[w][..., outside] == 0).all()
+        assert not ds.mask[w][outside].any() and ds.mask[w][~outside].all()
+
+
+def test_prepare_bgzip_genome_and_rerun_replaces(tmp_path):
+    cfg_path, raw = make_inputs(tmp_path, n_regions=10, bam=False, replicate=False, compress=True)
+    cfg = load_config(cfg_path)
+    prepare(cfg, progress=False)
+    first = open_dataset(cfg.run_dir)
+    fa = pyfaidx.Fasta(str(tmp_path / "genome.fa"))
+    for w in range(0, len(first.regions), 3):
+        r = first.regions.iloc[w]
+        lo, hi = max(int(r.start), 0), min(int(r.end), len(fa[r.chrom]))
+        np.testing.assert_array_equal(first.seq[w][lo - r.start : hi - r.start], codes_from_str(str(fa[r.chrom][lo:hi])))
+    # a second prepare replaces the dataset atomically (no leftovers)
+    prepare(cfg, progress=False)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml", "dataset"]
+    with pytest.raises(UserError, match="no prepared dataset"):
+        open_dataset(tmp_path / "nowhere")
