@@ -175,6 +175,11 @@ class Train(Section):
     revcomp: bool = True
     limit_val_batches: float | int = 1.0
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_str(cls, v):
+        return str(v) if isinstance(v, int) else v
+
 
 class Interpret(Section):
     """Attributions, motif discovery and perturbation."""
