@@ -1,0 +1,388 @@
+"""The multi-modal masked transformer encoder: sequence + stranded reads + cell type.
+
+Architecture
+------------
+Inputs are summed into one residual stream of width ``D = d_model``:
+
+- **sequence** ``(N, 4, L)`` one-hot: one ``Conv1d(4, D, k, padding="same")`` per kernel width in
+  ``seq_kernels``, each followed by GELU, summed (the nonlinearity keeps the widths from collapsing
+  into one linear filter). Masked positions are zeroed *before* the convolutions, so no output
+  ever sees a masked base, and a learned mask vector is added there.
+- **reads** ``(N, 2, L)`` per-base counts (plus, minus), normalised (``read_norm``):
+  ``log1p`` — ``log(1 + count)`` per position (default; no information crosses positions), or
+  ``sum`` — counts divided by the window's total over *unmasked* positions of both strands, times
+  ``L`` (a flat profile reads 0.5 per strand and position), so only the shape is given. Masked
+  positions are zeroed first; then ``Conv1d(2, D, 9, padding="same")`` and a learned mask vector
+  at masked positions.
+- **patching**: with ``patch = p > 1`` the base-resolution stream ``(N, D, L)`` is cut into
+  ``T = L / p`` tokens, each a linear map of its ``p * D`` values (``L % p != 0`` is a
+  :class:`UserError`). ``p = 1`` keeps base resolution.
+- **cell type** ``(N, C)`` one-hot (float, so integrated gradients can differentiate w.r.t. it):
+  ``Linear(C, D)`` broadcast (added) to every token — chosen over a CLS token so every
+  per-position embedding carries the cell type (what the SAE reads) and RoPE sees only positions.
+  A masked cell type is replaced by a learned mask vector.
+
+Then ``depth`` pre-norm transformer blocks (multi-head self-attention with rotary position
+embeddings through ``F.scaled_dot_product_attention``; GELU MLP of width ``mlp_ratio * D``), a final
+LayerNorm and the heads (:mod:`seq2reads.models.heads`): read profile logits ``(N, 2, L)`` and
+sequence logits ``(N, 4, L)`` un-patched to base resolution, ``log(1 + total count)`` of the central
+output window and cell-type logits from the mean over tokens.
+
+Modes
+-----
+- :meth:`MaskedEncoder.forward` ``(X) -> (profile_logits (N, C, 2, L_out), log_counts (N, C))`` is
+  **S2R mode**: reads fully masked, sequence and cell type given, run once per cell type (the
+  batch is repeated C times). This is the contract every model follows, so evaluation,
+  prediction and tangermeme work unchanged.
+- :meth:`MaskedEncoder.encode` is the full entry point with reads, cell type and masks.
+- :meth:`MaskedEncoder.embed` / :meth:`MaskedEncoder.layer_names` give per-token embeddings.
+
+Examples
+--------
+>>> model = MaskedEncoder(n_cell_types=3, input_len=256, output_len=128, d_model=32, depth=2, heads=2)
+>>> prof, lc = model(torch.zeros(2, 4, 256))
+>>> prof.shape, lc.shape
+(torch.Size([2, 3, 2, 128]), torch.Size([2, 3]))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from seq2reads.errors import UserError
+from seq2reads.models.heads import PooledHead, TokenHead
+
+READ_KERNEL = 9
+Intervention = Callable[[torch.Tensor], torch.Tensor]
+
+
+# -- rotary position embeddings ----------------------------------------------------------------
+def rope_angles(n_tokens: int, dim: int, base: float = 10000.0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables ``(T, dim)`` of rotary embeddings (Su et al. 2021, "rotate half" layout).
+
+    Written here (a few lines) rather than imported: torch has no public RoPE op.
+    """
+    inv = 1.0 / base ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
+    ang = torch.arange(n_tokens, device=device, dtype=torch.float32)[:, None] * inv[None, :]
+    ang = torch.cat([ang, ang], dim=-1)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate query/key vectors ``(..., T, dim)`` by their position (pairs ``i``, ``i + dim/2``)."""
+    half = x.shape[-1] // 2
+    rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x.float() * cos + rot.float() * sin).to(x.dtype)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``; ``(N, T, D)``."""
+
+    def __init__(self, d_model: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.norm1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        hidden = max(1, int(round(mlp_ratio * d_model)))
+        self.fc1 = nn.Linear(d_model, hidden)
+        self.fc2 = nn.Linear(hidden, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        a = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(n, t, d)))
+        return x + self.drop(self.fc2(self.drop(F.gelu(self.fc1(self.norm2(x))))))
+
+
+# -- the model ---------------------------------------------------------------------------------
+class MaskedEncoder(nn.Module):
+    """Masked multi-modal encoder (see the module docstring).
+
+    Parameters
+    ----------
+    n_cell_types : int
+        C, the number of cell types (config ``samples``, in order).
+    input_len, output_len : int
+        Window lengths in bp; ``input_len`` must be a multiple of ``patch``.
+    d_model, depth, heads, mlp_ratio, dropout, patch, seq_kernels, read_norm
+        As in the ``EncoderModel`` config section.
+    """
+
+    def __init__(
+        self,
+        n_cell_types: int,
+        input_len: int,
+        output_len: int,
+        d_model: int = 128,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        patch: int = 1,
+        seq_kernels: Sequence[int] = (1, 9, 25),
+        read_norm: str = "log1p",
+    ) -> None:
+        super().__init__()
+        if input_len % patch:
+            raise UserError(
+                f"window.input ({input_len}) is not divisible by model.patch ({patch}): "
+                f"choose a patch size that divides it or change window.input."
+            )
+        if output_len > input_len:
+            raise UserError(f"window.output ({output_len}) must not exceed window.input ({input_len}).")
+        if d_model % heads or (d_model // heads) % 2:
+            raise UserError(f"model.d_model ({d_model}) must split into {heads} heads of even width (RoPE).")
+        if not seq_kernels:
+            raise UserError("model.seq_kernels is empty: give at least one kernel width, e.g. [1, 9, 25].")
+        if read_norm not in ("log1p", "sum"):
+            raise UserError(f"model.read_norm must be 'log1p' or 'sum', got {read_norm!r}.")
+        self.n_cell_types, self.input_len, self.output_len = n_cell_types, input_len, output_len
+        self.d_model, self.depth, self.heads, self.patch = d_model, depth, heads, patch
+        self.read_norm = read_norm
+        self.seq_convs = nn.ModuleList(nn.Conv1d(4, d_model, k, padding="same") for k in seq_kernels)
+        self.read_conv = nn.Conv1d(2, d_model, READ_KERNEL, padding="same")
+        self.seq_mask_emb = nn.Parameter(torch.randn(d_model) * 0.02)
+        self.read_mask_emb = nn.Parameter(torch.randn(d_model) * 0.02)
+        self.patch_proj = nn.Linear(patch * d_model, d_model) if patch > 1 else nn.Identity()
+        self.cell_emb = nn.Linear(n_cell_types, d_model)
+        self.cell_mask_emb = nn.Parameter(torch.randn(d_model) * 0.02)
+        self.blocks = nn.ModuleList(Block(d_model, heads, mlp_ratio, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(d_model)
+        self.read_head = TokenHead(d_model, 2, patch)
+        self.seq_head = TokenHead(d_model, 4, patch)
+        self.count_head = PooledHead(d_model, 1)
+        self.cell_head = PooledHead(d_model, n_cell_types)
+
+    @classmethod
+    def from_config(cls, model_cfg, n_cell_types: int, input_len: int, output_len: int) -> "MaskedEncoder":
+        """Build from an ``EncoderModel`` config section (what the registry calls)."""
+        return cls(
+            n_cell_types, input_len, output_len, d_model=model_cfg.d_model, depth=model_cfg.depth,
+            heads=model_cfg.heads, mlp_ratio=model_cfg.mlp_ratio, dropout=model_cfg.dropout,
+            patch=model_cfg.patch, seq_kernels=tuple(model_cfg.seq_kernels), read_norm=model_cfg.read_norm,
+        )
+
+    # -- naming ---------------------------------------------------------------------------------
+    def layer_names(self) -> list[str]:
+        """Layers :meth:`embed` can return: ``embed`` (summed input embeddings), ``block0`` ..
+        ``block{depth-1}`` (output of each transformer block), ``final`` (after the final norm)."""
+        return ["embed", *[f"block{i}" for i in range(self.depth)], "final"]
+
+    def last_shared_layer(self) -> torch.Tensor:
+        """Weight of the last layer shared by every head (the last block's MLP output), for balancing."""
+        return self.blocks[-1].fc2.weight if self.depth else self.cell_emb.weight
+
+    @property
+    def n_tokens(self) -> int:
+        return self.input_len // self.patch
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def normalise_reads(self, reads: torch.Tensor, read_mask: torch.Tensor) -> torch.Tensor:
+        """Reads ``(N, 2, L)`` counts → model input, masked positions zeroed (see module doc)."""
+        r = reads * (~read_mask).unsqueeze(1).to(reads.dtype)
+        if self.read_norm == "log1p":
+            return torch.log1p(r.clamp_min(0))
+        total = r.flatten(1).sum(1).clamp_min(1.0)
+        return r * (r.shape[-1] / total).view(-1, 1, 1)
+
+    def _cell_tensor(self, cell, n: int, device, dtype) -> torch.Tensor:
+        """Cell type as float one-hot ``(N, C)`` from an int, an int tensor ``(N,)`` or a float ``(N, C)``."""
+        if isinstance(cell, int):
+            cell = torch.full((n,), cell, dtype=torch.long, device=device)
+        if not torch.is_floating_point(cell):
+            if cell.dim() != 1 or len(cell) != n:
+                raise ValueError(f"cell indices must have shape ({n},), got {tuple(cell.shape)}")
+            if int(cell.min()) < 0 or int(cell.max()) >= self.n_cell_types:
+                raise UserError(f"cell type index out of range: the model has {self.n_cell_types} cell types.")
+            return F.one_hot(cell.long(), self.n_cell_types).to(dtype)
+        if cell.shape != (n, self.n_cell_types):
+            raise ValueError(f"one-hot cell must have shape ({n}, {self.n_cell_types}), got {tuple(cell.shape)}")
+        return cell
+
+    def embed_inputs(
+        self,
+        seq: torch.Tensor,
+        reads: torch.Tensor | None = None,
+        cell=None,
+        seq_mask: torch.Tensor | None = None,
+        read_mask: torch.Tensor | None = None,
+        cell_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The summed input embeddings, ``(N, T, D)`` tokens (layer ``embed``); arguments as :meth:`encode`."""
+        n, _, length = seq.shape
+        if length != self.input_len:
+            raise UserError(f"the model takes {self.input_len} bp windows, got {length}.")
+        dev = seq.device
+        if seq_mask is None:
+            seq_mask = torch.zeros(n, length, dtype=torch.bool, device=dev)
+        if reads is None:
+            reads = seq.new_zeros(n, 2, length)
+            read_mask = torch.ones(n, length, dtype=torch.bool, device=dev)
+        elif read_mask is None:
+            read_mask = torch.zeros(n, length, dtype=torch.bool, device=dev)
+        sm = seq_mask.unsqueeze(1).to(seq.dtype)
+        rm = read_mask.unsqueeze(1).to(seq.dtype)
+        s = seq * (1 - sm)
+        x = sum(F.gelu(conv(s)) for conv in self.seq_convs) + sm * self.seq_mask_emb[:, None]
+        x = x + self.read_conv(self.normalise_reads(reads, read_mask)) + rm * self.read_mask_emb[:, None]
+        t = length // self.patch
+        x = x.view(n, self.d_model, t, self.patch).permute(0, 2, 3, 1).reshape(n, t, self.patch * self.d_model)
+        x = self.patch_proj(x)  # (N, T, D)
+        if cell is None:
+            c = self.cell_mask_emb.expand(n, -1)
+        else:
+            c = self.cell_emb(self._cell_tensor(cell, n, dev, x.dtype))
+            if cell_mask is not None:
+                c = torch.where(cell_mask[:, None], self.cell_mask_emb.to(c.dtype), c)
+        return x + c[:, None, :]
+
+    # -- full entry point -----------------------------------------------------------------------
+    def encode(
+        self,
+        seq: torch.Tensor,
+        reads: torch.Tensor | None = None,
+        cell=None,
+        seq_mask: torch.Tensor | None = None,
+        read_mask: torch.Tensor | None = None,
+        cell_mask: torch.Tensor | None = None,
+        intervene: dict[str, Intervention] | None = None,
+        stop_at: str | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Run the encoder on any combination of inputs and masks.
+
+        Parameters
+        ----------
+        seq : float (N, 4, L)
+            One-hot sequence (``L = input_len``).
+        reads : float (N, 2, L), optional
+            Per-base counts (plus, minus strand), not normalised. ``None``: fully masked (S2R).
+        cell : int, int64 (N,) or float (N, C), optional
+            Cell type: index or one-hot (float one-hot is differentiable). ``None``: masked.
+        seq_mask, read_mask : bool (N, L), optional
+            ``True`` = hidden from the model (default: nothing hidden).
+        cell_mask : bool (N,), optional
+            ``True`` = cell type hidden.
+        intervene : dict layer name -> function, optional
+            Replace a layer's activations: ``f((N, T, D)) -> (N, T, D)`` is applied to the output
+            of that layer (e.g. an SAE reconstruction); layers as :meth:`layer_names`.
+        stop_at : str, optional
+            Return right after this layer with only ``hidden`` (used by :meth:`embed`).
+
+        Returns
+        -------
+        dict
+            ``hidden`` (N, T, D) final token states (or the ``stop_at`` layer's);
+            ``profile_logits`` (N, 2, L) read-profile logits over the whole input (softmax over both
+            strands jointly); ``log_count`` (N,) predicted ``log(1 + total count)`` of the central
+            ``output_len`` window; ``seq_logits`` (N, 4, L); ``cell_logits`` (N, C).
+        """
+        intervene = intervene or {}
+        unknown = set(intervene) - set(self.layer_names())
+        if stop_at is not None and stop_at not in self.layer_names():
+            unknown.add(stop_at)
+        if unknown:
+            raise UserError(
+                f"unknown layer {sorted(unknown)[0]!r}: valid layers are {', '.join(self.layer_names())}."
+            )
+        x = self.embed_inputs(seq, reads, cell, seq_mask, read_mask, cell_mask)
+        x = intervene["embed"](x) if "embed" in intervene else x
+        if stop_at == "embed":
+            return {"hidden": x}
+        cos, sin = rope_angles(x.shape[1], self.d_model // self.heads, device=x.device)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin)
+            name = f"block{i}"
+            x = intervene[name](x) if name in intervene else x
+            if stop_at == name:
+                return {"hidden": x}
+        h = self.norm(x)
+        h = intervene["final"](h) if "final" in intervene else h
+        if stop_at == "final":
+            return {"hidden": h}
+        return {
+            "hidden": h,
+            "profile_logits": self.read_head(h),
+            "log_count": self.count_head(h).squeeze(-1),
+            "seq_logits": self.seq_head(h),
+            "cell_logits": self.cell_head(h),
+        }
+
+    # -- S2R mode (the common model contract) ---------------------------------------------------
+    def _all_cells(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Repeat a batch once per cell type: rows ``n * C + c``; returns (seq, cell indices)."""
+        n, c = x.shape[0], self.n_cell_types
+        cells = torch.arange(c, device=x.device).repeat(n)
+        return x.repeat_interleave(c, dim=0), cells
+
+    def forward(self, X: torch.Tensor, intervene: dict[str, Intervention] | None = None):
+        """S2R mode for every cell type.
+
+        Parameters
+        ----------
+        X : float (N, 4, input_len)
+            One-hot sequence.
+        intervene : dict, optional
+            As in :meth:`encode`.
+
+        Returns
+        -------
+        profile_logits : float (N, C, 2, output_len)
+            Softmax over both strands jointly gives cell type c's profile.
+        log_counts : float (N, C)
+            Predicted ``log(1 + total count)`` of the output window.
+        """
+        n = X.shape[0]
+        seq, cells = self._all_cells(X)
+        out = self.encode(seq, None, cells, intervene=intervene)
+        start = (self.input_len - self.output_len) // 2
+        prof = out["profile_logits"][..., start : start + self.output_len]
+        return prof.reshape(n, self.n_cell_types, 2, self.output_len), out["log_count"].view(n, self.n_cell_types)
+
+    # -- embeddings for the SAE -----------------------------------------------------------------
+    def embed(
+        self,
+        X: torch.Tensor,
+        layer: str,
+        reads: torch.Tensor | None = None,
+        cell=None,
+        read_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Per-token embeddings of a named layer, ``(N', D, T)`` with ``T = input_len / patch``.
+
+        Token ``t`` covers bases ``[t * patch, (t + 1) * patch)`` of the window.
+
+        Parameters
+        ----------
+        X : float (N, 4, L)
+            One-hot sequence.
+        layer : str
+            One of :meth:`layer_names` (anything else is a :class:`UserError` listing them).
+        reads : float (N, 2, L), optional
+            Counts given to the model; ``None`` = S2R mode (reads fully masked).
+        cell : int, int64 (N,) or float (N, C), optional
+            The cell type of every row. ``None`` = **all cell types**: each window is repeated once
+            per cell type and the result has ``N' = N * C`` rows, row ``n * C + c`` being window
+            ``n`` with cell type ``c`` (the order of :meth:`forward`); with ``reads`` given, row
+            ``n * C + c`` gets ``reads[n]``. Otherwise ``N' = N``.
+        read_mask : bool (N, L), optional
+            Read positions hidden from the model (default none when ``reads`` is given).
+        """
+        if layer not in self.layer_names():
+            raise UserError(f"unknown layer {layer!r}: valid layers are {', '.join(self.layer_names())}.")
+        if cell is None:
+            c = self.n_cell_types
+            X, cell = self._all_cells(X)
+            reads = reads.repeat_interleave(c, dim=0) if reads is not None else None
+            read_mask = read_mask.repeat_interleave(c, dim=0) if read_mask is not None else None
+        h = self.encode(X, reads, cell, read_mask=read_mask, stop_at=layer)["hidden"]
+        return h.transpose(1, 2)

@@ -1,0 +1,164 @@
+"""Output heads of the masked encoder and their masked-reconstruction losses.
+
+Heads map the final token states ``(N, T, D)`` back to base resolution (un-patching: a linear
+layer to ``patch * channels`` values per token, reshaped to ``(N, channels, T * patch)``) or pool
+them over tokens (log total count, cell type).
+
+Losses are computed on masked positions only:
+
+- reads, profile: the predicted profile is the softmax of the logits over the masked (and
+  loss-mask kept) positions of both strands, the observed one is the counts there normalised to sum
+  to one. ``rms`` (default) is the root over examples of the mean squared L2 distance between the
+  two distributions, ``multinomial`` the multinomial NLL of the masked counts (nats per example,
+  constant dropped). Examples with no observed reads on their masked positions are skipped.
+- reads, count: squared error between the predicted and observed ``log(1 + total count)`` of the
+  central output window (loss-mask kept positions), on every example.
+- sequence: cross-entropy over A C G T at masked positions holding a base (N excluded).
+- cell type: cross-entropy over cell types on examples whose cell type is masked.
+
+Each returns ``(loss, n)`` where ``n`` counts the contributing examples/positions; ``n == 0``
+gives a zero loss with no gradient path, which the caller (the balancer) skips.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class TokenHead(nn.Module):
+    """Linear per-token head un-patched to base resolution: ``(N, T, D) -> (N, channels, T * patch)``."""
+
+    def __init__(self, d_model: int, channels: int, patch: int) -> None:
+        super().__init__()
+        self.channels, self.patch = channels, patch
+        self.linear = nn.Linear(d_model, channels * patch)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        n, t, _ = h.shape
+        y = self.linear(h).view(n, t, self.patch, self.channels)
+        return y.permute(0, 3, 1, 2).reshape(n, self.channels, t * self.patch)
+
+
+class PooledHead(nn.Module):
+    """Mean over tokens, then linear: ``(N, T, D) -> (N, out)``."""
+
+    def __init__(self, d_model: int, out: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(d_model, out)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(h.mean(1))
+
+
+def _zero(ref: torch.Tensor) -> tuple[torch.Tensor, int]:
+    return ref.new_zeros(()), 0
+
+
+def masked_log_softmax(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Log-softmax over the kept positions of both strands jointly.
+
+    Parameters
+    ----------
+    logits : float (N, 2, L)
+    keep : bool (N, L) or (N, 2, L)
+
+    Returns
+    -------
+    float (N, 2, L)
+        Log-probabilities; ``-inf`` where not kept (rows with nothing kept are all ``-inf``).
+    """
+    keep = keep.unsqueeze(1).expand_as(logits) if keep.dim() == 2 else keep
+    x = logits.float().masked_fill(~keep, float("-inf")).flatten(1)
+    return torch.log_softmax(x, dim=1).view_as(logits)
+
+
+def profile_loss(
+    logits: torch.Tensor, counts: torch.Tensor, keep: torch.Tensor, kind: str = "rms"
+) -> tuple[torch.Tensor, int]:
+    """Profile reconstruction loss on the kept (masked) positions.
+
+    Parameters
+    ----------
+    logits : float (N, 2, L)
+        Predicted profile logits.
+    counts : float (N, 2, L)
+        Observed per-base counts (>= 0).
+    keep : bool (N, L)
+        Positions that count: masked reads AND the dataset's loss mask.
+    kind : {"rms", "multinomial"}
+
+    Returns
+    -------
+    (scalar loss, number of contributing examples)
+    """
+    keep3 = keep.unsqueeze(1).expand_as(counts)
+    y = torch.where(keep3, counts.float(), torch.zeros_like(counts, dtype=torch.float32))
+    total = y.flatten(1).sum(1)
+    ok = total > 0
+    n = int(ok.sum())
+    if n == 0:
+        return _zero(logits)
+    logp = masked_log_softmax(logits[ok], keep[ok])
+    y = y[ok]
+    if kind == "multinomial":
+        nll = -(y * torch.where(keep3[ok], logp, torch.zeros_like(logp))).flatten(1).sum(1)
+        return nll.mean(), n
+    if kind != "rms":
+        raise ValueError(f"unknown read loss {kind!r}: use 'rms' or 'multinomial'")
+    p = logp.exp()
+    q = y / total[ok].view(-1, 1, 1)
+    sq = ((p - q) ** 2).flatten(1).sum(1)  # squared L2 distance between the two distributions
+    return torch.sqrt(sq.mean() + 1e-12), n
+
+
+def count_loss(log_count: torch.Tensor, counts: torch.Tensor, keep: torch.Tensor, output_len: int) -> tuple[torch.Tensor, int]:
+    """Squared error of ``log(1 + total)`` over the central ``output_len`` positions.
+
+    Parameters
+    ----------
+    log_count : float (N,)
+    counts : float (N, 2, L)
+    keep : bool (N, L)
+        The dataset's loss mask (excluded positions do not count towards the total).
+    """
+    start = (counts.shape[-1] - output_len) // 2
+    c = counts[..., start : start + output_len].float()
+    k = keep[..., start : start + output_len].unsqueeze(1)
+    target = torch.log1p((c * k).flatten(1).sum(1))
+    return F.mse_loss(log_count.float(), target), len(target)
+
+
+def sequence_loss(seq_logits: torch.Tensor, seq: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Cross-entropy over A C G T at masked positions holding a base.
+
+    Parameters
+    ----------
+    seq_logits : float (N, 4, L)
+    seq : float (N, 4, L)
+        One-hot input (N bases all-zero).
+    masked : bool (N, L)
+    """
+    keep = masked & (seq.sum(1) > 0.5)
+    n = int(keep.sum())
+    if n == 0:
+        return _zero(seq_logits)
+    logits = seq_logits.float().permute(0, 2, 1)[keep]  # (n, 4)
+    return F.cross_entropy(logits, seq.permute(0, 2, 1)[keep].argmax(1)), n
+
+
+def cell_loss(cell_logits: torch.Tensor, cell: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Cross-entropy over cell types on the examples whose cell type is masked.
+
+    Parameters
+    ----------
+    cell_logits : float (N, C)
+    cell : float (N, C)
+        One-hot true cell types.
+    masked : bool (N,)
+    """
+    n = int(masked.sum())
+    if n == 0 or cell_logits.shape[1] < 2:
+        return _zero(cell_logits)
+    return F.cross_entropy(cell_logits[masked].float(), cell[masked].argmax(1)), n
