@@ -205,13 +205,15 @@ class SAE(Section):
     latents: int = Field(256, gt=0)
     k: int = Field(16, gt=0)
     kind: Literal["topk", "batchtopk", "relu"] = "topk"
-    l1: float = Field(1e-3, ge=0)
+    l1: float = Field(1.0, ge=0, description="L1 weight (kind: relu), in units of the normalised activations")
     n_windows: int = Field(2000, gt=0)
     epochs: int = Field(5, gt=0)
     batch_size: int = Field(4096, gt=0)
     lr: float = Field(1e-3, gt=0)
     top_windows: int = Field(50, gt=0)
     max_features: int = Field(20, ge=0, description="latents analysed with attributions and motifs")
+    store: str | None = Field(None, description="reuse this activation store (RUN/sae/activations of this model)")
+    seed: int = 0
 
     @model_validator(mode="after")
     def _k_fits(self):
