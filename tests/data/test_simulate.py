@@ -297,3 +297,28 @@ def test_cli_simulate_and_bad_input(tmp_path, capsys):
     with pytest.raises(UserError, match="dispersoin.*dispersion"):
         simulate(tmp_path / "x", n_regions=10, dispersoin=3.0)
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_truth_helpers(sim_dir, truth, tmp_path):
+    from seq2reads.errors import UserError
+
+    cell = truth["cell_types"][0]
+    # off the chromosome and on an unknown chromosome the rate is 0; on N it is 0; elsewhere >= background
+    chrom = "chr1"
+    length = truth["chroms"][chrom]
+    r = read_true_rates(truth, cell, chrom, length - 10, length + 10)
+    assert r.shape == (2, 20) and (r[:, 10:] == 0).all()
+    assert (read_true_rates(truth, cell, "chrUn", 0, 5) == 0).all()
+    a, b = truth["n_runs"][chrom][0]
+    assert (read_true_rates(truth, cell, chrom, a, b) == 0).all()
+    assert (read_true_rates(truth, cell, chrom, b, b + 100) >= truth["background_rate"] * 0.999).all()
+    with pytest.raises(UserError, match="cell type"):
+        read_true_rates(truth, "nope", chrom, 0, 5)
+    with pytest.raises(UserError, match="not found"):
+        load_truth(tmp_path / "missing.json")
+    (tmp_path / "other.json").write_text('{"format": "x"}')
+    with pytest.raises(UserError, match="not a seq2reads simulation"):
+        load_truth(tmp_path / "other.json")
+    roles = {m["name"]: m["role"] for m in truth["motifs"]}
+    assert roles["TBP"] == "core" and roles["REST"] == "repressor"
+    assert sum(r == "specific" for r in roles.values()) == 3 and sum(r == "shared" for r in roles.values()) == 4

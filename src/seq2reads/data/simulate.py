@@ -177,8 +177,8 @@ def read_true_rates(truth: dict, cell: str, chrom: str, start: int, end: int) ->
 
 
 # -- entry point --------------------------------------------------------------------------------
-def simulate(out: str | os.PathLike, seed: int = 0, n_cell_types: int = 3, n_regions: int = 3000,
-             **options) -> Path:
+def simulate(out: str | os.PathLike, seed: int = 0, n_cell_types: int = 3, n_regions: int = 3000, *,
+             progress: bool = True, **options) -> Path:
     """Simulate a data set into ``out`` (a folder, replaced atomically) and return its path.
 
     Parameters
@@ -191,6 +191,8 @@ def simulate(out: str | os.PathLike, seed: int = 0, n_cell_types: int = 3, n_reg
         Number of cell types (1..8); each gets its own specific TF.
     n_regions : int
         Number of planted regions (>= 9, one per chromosome at least).
+    progress : bool
+        Show a progress bar on stderr.
     **options
         Fields of :class:`SimOptions`.
     """
@@ -202,29 +204,42 @@ def simulate(out: str | os.PathLike, seed: int = 0, n_cell_types: int = 3, n_reg
         raise UserError(f"--regions must be at least {len(CHROM_WEIGHTS)} (one per chromosome), got {n_regions}.")
     _check_out(out)
 
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     seeds = np.random.SeedSequence(seed).spawn(5)
     rng_layout, rng_genome, rng_plant, rng_scale, rng_counts = (np.random.default_rng(s) for s in seeds)
-    motifs = _load_motifs(n_cell_types, opts)
-    cells = [m["cell_types"][0] for m in motifs if m["role"] == "specific"]
-    layout = _layout(n_regions, rng_layout)
-    genome = _markov_genome(layout["lengths"], rng_genome, opts)
-    for chrom, runs in layout["n_runs"].items():
-        for s, e in runs:
-            genome[chrom][s:e] = 4
-    regions = _plant(genome, layout, motifs, rng_plant, opts)
-    shapes = _shapes(regions, opts)
-    totals, depth = _region_totals(regions, motifs, cells, rng_scale, opts)
+    cols = [TextColumn("simulating {task.description:<22}"), BarColumn(), MofNCompleteColumn()]
+    with Progress(*cols, console=Console(stderr=True), disable=not progress) as bar:
+        task = bar.add_task("genome", total=4 + n_cell_types)
 
-    with atomic_path(out) as tmp:
-        tmp.mkdir(parents=True)
-        (tmp / "tracks").mkdir()
-        (tmp / "truth").mkdir()
-        _write_fasta(tmp / "genome.fa", genome, layout["chroms"])
-        _write_regions(tmp / "regions.bed", regions)
-        tracks = _write_tracks(tmp, genome, layout, regions, shapes, totals, cells, rng_counts, opts)
-        _write_truth(tmp / "truth.json", seed, n_cell_types, n_regions, opts, layout, motifs, cells, regions,
-                     totals, depth, tracks)
-        _write_configs(tmp, cells, tracks)
+        def step(next_name: str) -> None:
+            bar.update(task, advance=1, description=next_name)
+
+        motifs = _load_motifs(n_cell_types, opts)
+        cells = [m["cell_types"][0] for m in motifs if m["role"] == "specific"]
+        layout = _layout(n_regions, rng_layout)
+        genome = _markov_genome(layout["lengths"], rng_genome, opts)
+        for chrom, runs in layout["n_runs"].items():
+            for s, e in runs:
+                genome[chrom][s:e] = 4
+        step("promoters and motifs")
+        regions = _plant(genome, layout, motifs, rng_plant, opts)
+        shapes = _shapes(regions, opts)
+        totals, depth = _region_totals(regions, motifs, cells, rng_scale, opts)
+        step(f"reads: {cells[0]}")
+
+        with atomic_path(out) as tmp:
+            tmp.mkdir(parents=True)
+            (tmp / "tracks").mkdir()
+            (tmp / "truth").mkdir()
+            _write_fasta(tmp / "genome.fa", genome, layout["chroms"])
+            _write_regions(tmp / "regions.bed", regions)
+            tracks = _write_tracks(tmp, genome, layout, regions, shapes, totals, cells, rng_counts, opts, step)
+            _write_truth(tmp / "truth.json", seed, n_cell_types, n_regions, opts, layout, motifs, cells, regions,
+                         totals, depth, tracks)
+            _write_configs(tmp, cells, tracks)
+            step("done")
     return out
 
 
@@ -271,8 +286,9 @@ def _load_motifs(n_cell_types: int, opts: SimOptions) -> list[dict]:
         motifs.append({
             "name": name, "jaspar_id": m.matrix_id, "jaspar_name": m.name, "role": role,
             "tf_class": list(m.tf_class or []), "tf_family": list(m.tf_family or []),
-            "cell_types": cts if cts is not None else (cells if role != "core" else cells),
+            "cell_types": cts if cts is not None else cells,
             "effect": float(effect), "prob": float(prob), "pfm": pfm,
+            "acts_on": "TSS position (fixed offset) and strand share" if role == "core" else "initiation rate",
             "consensus": str(m.consensus),
         })
     return motifs
@@ -579,8 +595,12 @@ def _write_regions(path: Path, regions: list[dict]) -> None:
 
 
 def _write_tracks(tmp: Path, genome: dict, layout: dict, regions: list[dict], shapes: np.ndarray,
-                  totals: np.ndarray, cells: list[str], rng: np.random.Generator, opts: SimOptions) -> dict:
-    """Sample counts and write count bigWigs, the BAM and the true-rate bigWigs; return their paths."""
+                  totals: np.ndarray, cells: list[str], rng: np.random.Generator, opts: SimOptions,
+                  step=lambda name: None) -> dict:
+    """Sample counts and write count bigWigs, the BAM and the true-rate bigWigs; return their paths.
+
+    ``step(name)`` is called after each cell type and after the BAM (progress).
+    """
     import pyBigWig
 
     chroms = layout["chroms"]
@@ -640,8 +660,10 @@ def _write_tracks(tmp: Path, genome: dict, layout: dict, regions: list[dict], sh
         rel = {s: f"truth/{cell}.{s}.rate.bw" for s in ("plus", "minus")}
         _write_rates(tmp, rel, header, layout, regions, by_chrom, rates, lo, hi, bg)
         tracks["rates"][cell] = rel
+        step(f"reads: {cells[ci + 1]}" if ci + 1 < len(cells) else "BAM")
     bam = f"tracks/{cells[0]}.bam"
     _write_bam(tmp / bam, genome, header, bam_reads, opts.read_length)
+    step("truth and config")
     tracks["bam"] = {"cell": cells[0], "path": bam}
     return tracks
 
