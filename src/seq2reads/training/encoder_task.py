@@ -1,0 +1,195 @@
+"""Lightning task of the masked encoder: masked reconstruction with adaptive loss balancing.
+
+Each training example is a (window, cell type) pair: for every window of the batch one cell type
+``c`` is drawn at random and the model gets the window's sequence, the stranded reads of ``c``
+(``signal[:, c]``, counts over the whole input) and ``c`` one-hot. Masks come from
+:func:`seq2reads.models.masking.masks_from_config` (span masks on sequence and reads, cell-type
+masking, a fraction of S2R examples with the reads fully masked).
+
+Losses (:mod:`seq2reads.models.heads`, on masked positions; the dataset's loss mask applies to the
+reads): ``reads`` (profile, ``model.read_loss``; the reference of the balancing, weight 1),
+``count`` (log total of the output window), ``seq`` (masked bases), ``cell`` (masked cell type).
+Their weights come from :class:`~seq2reads.models.balancing.AdaptiveBalancer` at the last block's
+MLP output weight (``model.balance*``); a configured ``model.count_weight`` fixes the count weight
+instead. Every component and weight is logged each step (``train/loss_reads``, ``train/w_seq``, ...).
+
+Validation logs ``val/loss`` — the **S2R-mode read loss** (profile loss of the configured kind +
+count loss × (``count_weight`` or 1), reads fully masked, every cell type), i.e. the task the
+model is evaluated on, with fixed weights so early stopping compares like with like — and the
+masked-mode losses under fixed-seed masks (``val/loss_reads_masked``, ``val/loss_seq``,
+``val/loss_cell``) and masked-base accuracy ``val/seq_acc``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from seq2reads.errors import UserError
+from seq2reads.models.balancing import AdaptiveBalancer
+from seq2reads.models.heads import cell_loss, count_loss, profile_loss, sequence_loss
+from seq2reads.models.masking import Masks, masks_from_config
+
+LOSS_NAMES = ("reads", "count", "seq", "cell")
+
+
+def signal_columns(cfg_cells: list[str], dataset_cells: list[str], n_model_cells: int) -> list[int]:
+    """Column of the dataset's signal for each of the model's cell types.
+
+    Raises
+    ------
+    UserError
+        A cell type of the config that the dataset does not hold.
+    """
+    missing = [c for c in cfg_cells if c not in dataset_cells]
+    if missing:
+        raise UserError(
+            f"cell type(s) {', '.join(missing)} are in the config but not in the prepared dataset "
+            f"(it holds {', '.join(dataset_cells)}): re-run `seq2reads prepare` after changing samples."
+        )
+    if n_model_cells == len(cfg_cells):
+        return [dataset_cells.index(c) for c in cfg_cells]
+    if n_model_cells == len(dataset_cells):
+        return list(range(n_model_cells))
+    raise UserError(
+        f"the model has {n_model_cells} cell types but the config names {len(cfg_cells)}: "
+        "train with the config the dataset was prepared from."
+    )
+
+
+def masked_losses(model, out: dict, seq, reads, loss_mask, masks: Masks, cell1h, read_loss: str) -> dict:
+    """The four masked-reconstruction losses of one batch: name -> (loss, n contributing)."""
+    return {
+        "reads": profile_loss(out["profile_logits"], reads, masks.reads & loss_mask, read_loss),
+        "count": count_loss(out["log_count"], reads, loss_mask, model.output_len),
+        "seq": sequence_loss(out["seq_logits"], seq, masks.seq),
+        "cell": cell_loss(out["cell_logits"], cell1h, masks.cell),
+    }
+
+
+def lr_lambda(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to 0 over the
+    remaining steps (``cosine``) or constant (``constant``, ``plateau``)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule != "cosine" or total <= warmup:
+        return 1.0
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+class MaskedEncoderTask(L.LightningModule):
+    """Training/validation of :class:`~seq2reads.models.encoder.MaskedEncoder` (see module doc).
+
+    Parameters
+    ----------
+    cfg : seq2reads.config.Config
+        Whole config (``model`` is an ``EncoderModel`` section; ``train`` sets the optimiser).
+    model : MaskedEncoder
+    dataset_attrs : dict
+        Attributes of the prepared dataset (``samples`` = cell types in signal order, ...).
+    """
+
+    def __init__(self, cfg, model, dataset_attrs) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model = model
+        mc = cfg.model
+        self.mcfg = mc
+        cols = signal_columns(list(cfg.cell_types), list(dataset_attrs["samples"]), model.n_cell_types)
+        self.register_buffer("columns", torch.tensor(cols, dtype=torch.long), persistent=False)
+        fixed = {"count": float(mc.count_weight)} if mc.count_weight is not None else {}
+        self.balancer = AdaptiveBalancer(
+            list(LOSS_NAMES), "reads", smoothing=mc.balance_smoothing, clamp=tuple(mc.balance_clamp),
+            fixed=fixed, enabled=mc.balance,
+        )
+        self.val_count_weight = float(mc.count_weight) if mc.count_weight is not None else 1.0
+
+    def forward(self, X):
+        return self.model(X)
+
+    # -- examples -------------------------------------------------------------------------------
+    def examples(self, batch: dict, generator: torch.Generator | None = None):
+        """(window, cell type) examples and masks of a loader batch.
+
+        Returns seq (B, 4, L), reads (B, 2, L) counts, loss mask (B, L), cell one-hot (B, C), Masks.
+        """
+        seq, signal, lmask = batch["seq"], batch["signal"], batch["mask"].bool()
+        b, length = seq.shape[0], seq.shape[-1]
+        c = self.model.n_cell_types
+        cells = torch.randint(c, (b,), generator=generator).to(seq.device)
+        reads = signal[torch.arange(b, device=seq.device), self.columns[cells]]
+        masks = masks_from_config(self.mcfg, b, length, generator=generator)
+        masks = Masks(*(m.to(seq.device) for m in (masks.seq, masks.reads, masks.cell, masks.s2r)))
+        cell1h = torch.nn.functional.one_hot(cells, c).to(seq.dtype)
+        return seq, reads, lmask, cell1h, masks
+
+    def _masked_step(self, batch, generator=None):
+        seq, reads, lmask, cell1h, masks = self.examples(batch, generator)
+        out = self.model.encode(seq, reads, cell1h, masks.seq, masks.reads, masks.cell)
+        return masked_losses(self.model, out, seq, reads, lmask, masks, cell1h, self.mcfg.read_loss), out, seq, masks
+
+    # -- Lightning hooks ------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        parts, _, seq, masks = self._masked_step(batch)
+        losses = {k: v for k, (v, n) in parts.items() if n > 0}
+        weights = self.balancer.update(losses, self.model.last_shared_layer())
+        total = self.balancer.combine(losses)
+        b = seq.shape[0]
+        log = {"train/loss": total.detach()}
+        for k, (v, n) in parts.items():
+            if n > 0:
+                log[f"train/loss_{k}"] = v.detach()
+        for k, w in weights.items():
+            log[f"train/w_{k}"] = w
+        log["train/mask_fraction"] = masks.reads[~masks.s2r].float().mean() if (~masks.s2r).any() else 0.0
+        self.log_dict(log, on_step=True, on_epoch=False, prog_bar=False, batch_size=b)
+        self.log("loss", total.detach(), prog_bar=True, logger=False, batch_size=b)
+        return total
+
+    def validation_step(self, batch, batch_idx):
+        seq, signal, lmask = batch["seq"], batch["signal"].float(), batch["mask"].bool()
+        b, c = seq.shape[0], self.model.n_cell_types
+        # S2R mode, every cell type: rows n * C + k
+        seq_r, cells = self.model._all_cells(seq)
+        reads_r = signal[:, self.columns].flatten(0, 1)
+        lmask_r = lmask.repeat_interleave(c, 0)
+        out = self.model.encode(seq_r, None, cells)
+        prof, _ = profile_loss(out["profile_logits"], reads_r, lmask_r, self.mcfg.read_loss)
+        cnt, _ = count_loss(out["log_count"], reads_r, lmask_r, self.model.output_len)
+        val = prof + self.val_count_weight * cnt
+        log = {"val/loss": val, "val/loss_s2r_reads": prof, "val/loss_s2r_count": cnt}
+        # masked mode with reproducible masks
+        g = torch.Generator().manual_seed(int(self.cfg.train.seed) * 100003 + batch_idx)
+        parts, o, seq_m, masks = self._masked_step(batch, g)
+        log["val/loss_reads_masked"] = parts["reads"][0]
+        if parts["seq"][1] > 0:
+            log["val/loss_seq"] = parts["seq"][0]
+            keep = masks.seq & (seq_m.sum(1) > 0.5)
+            log["val/seq_acc"] = (o["seq_logits"].argmax(1) == seq_m.argmax(1))[keep].float().mean()
+        if parts["cell"][1] > 0:
+            log["val/loss_cell"] = parts["cell"][0]
+        self.log_dict(log, on_step=False, on_epoch=True, prog_bar=False, batch_size=b, sync_dist=True)
+        return val
+
+    def configure_optimizers(self):
+        tc = self.cfg.train
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (decay if p.ndim >= 2 and "emb" not in name.split(".")[-1] else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
+        if tc.optimizer == "adam":  # plain Adam: L2 weight decay as the user asked, on every weight
+            groups = [{"params": decay + no_decay, "weight_decay": tc.weight_decay}]
+        opt = opt_cls(groups, lr=tc.lr)
+        if tc.schedule == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=max(1, tc.patience // 2))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss", "interval": "epoch"}}
+        total = tc.max_steps if tc.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
+        warmup, schedule = tc.warmup_steps, tc.schedule
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, warmup, total, schedule))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

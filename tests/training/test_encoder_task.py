@@ -1,0 +1,120 @@
+"""The encoder's Lightning task: logged components and weights, S2R validation loss, schedules,
+and bad input (cell type missing from the dataset, patch size, masking bounds)."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+
+from seq2reads.config import validate_config
+from seq2reads.errors import UserError
+from seq2reads.models.encoder import MaskedEncoder
+from seq2reads.training.encoder_task import MaskedEncoderTask, lr_lambda, signal_columns
+
+CELLS = ["A", "B", "C"]
+
+
+def synthetic_config(tmp_path, **model):
+    raw = {
+        "run_dir": str(tmp_path / "run"), "genome": "g.fa", "regions": "r.bed",
+        "samples": [{"name": c, "plus": f"{c}.p.bw", "minus": f"{c}.m.bw"} for c in CELLS],
+        "window": {"input": 64, "output": 32, "jitter": 0},
+        "model": {"type": "encoder", "d_model": 16, "depth": 2, "heads": 2, "patch": 4, "seq_kernels": [1, 5],
+                  "span": 4, **model},
+        "train": {"batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "max_steps": 6, "precision": "32"},
+    }
+    return validate_config(raw)
+
+
+def synthetic_batches(n_batches=3, b=8, length=64, seed=0):
+    """Cell type k has a read peak at position 20 + 8k on the plus strand, so reads depend on it."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n_batches):
+        codes = torch.randint(0, 4, (b, length), generator=g)
+        seq = torch.nn.functional.one_hot(codes, 4).permute(0, 2, 1).float()
+        signal = torch.poisson(torch.full((b, 3, 2, length), 0.2), generator=g)
+        for k in range(3):
+            signal[:, k, 0, 20 + 8 * k] += 10
+        mask = torch.ones(b, length, dtype=torch.bool)
+        out.append({"seq": seq, "signal": signal, "mask": mask, "index": torch.arange(i * b, (i + 1) * b)})
+    return out
+
+
+def test_trains_and_logs_every_component_and_weight(tmp_path):
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    torch.manual_seed(0)
+    cfg = synthetic_config(tmp_path, cell_mask_prob=0.5, s2r_prob=0.3)
+    model = MaskedEncoder.from_config(cfg.model, 3, 64, 32)
+    task = MaskedEncoderTask(cfg, model, {"samples": CELLS, "input_len": 64, "output_len": 32})
+    logger = CSVLogger(tmp_path, name="logs", version="")
+    trainer = L.Trainer(max_steps=6, accelerator="cpu", devices=1, logger=logger, log_every_n_steps=1,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        val_check_interval=3, num_sanity_val_steps=0)
+    from torch.utils.data import DataLoader
+
+    batches = synthetic_batches()
+    trainer.fit(task, train_dataloaders=DataLoader(batches, batch_size=None),
+                val_dataloaders=DataLoader(batches[:1], batch_size=None))
+    rows = list(csv.DictReader(open(tmp_path / "logs" / "metrics.csv")))
+    train_rows = [r for r in rows if r.get("train/loss")]
+    assert len(train_rows) == 6
+    for name in ("reads", "count", "seq"):
+        assert all(r[f"train/loss_{name}"] for r in train_rows), name
+    for name in ("reads", "count", "seq", "cell"):
+        w = [float(r[f"train/w_{name}"]) for r in train_rows]
+        assert all(0.01 * (1 - 1e-6) <= x <= 100 * (1 + 1e-6) for x in w), (name, w)
+    assert all(float(r["train/w_reads"]) == 1.0 for r in train_rows)
+    # the adaptive weights move: gradient norms of the seq and count losses differ from the reads'
+    assert len({r["train/w_seq"] for r in train_rows}) > 1
+    val = [r for r in rows if r.get("val/loss")]
+    assert len(val) == 2 and all(math.isfinite(float(r["val/loss"])) for r in val)
+    assert all(r["val/loss_s2r_count"] and r["val/loss_seq"] and r["val/seq_acc"] for r in val)
+    # the balancer's state is part of the task (checkpoints resume it)
+    assert "balancer.weights" in task.state_dict()
+
+
+def test_fixed_count_weight_and_disabled_balancing(tmp_path):
+    cfg = synthetic_config(tmp_path, count_weight=3.0, balance=False)
+    task = MaskedEncoderTask(cfg, MaskedEncoder.from_config(cfg.model, 3, 64, 32), {"samples": CELLS})
+    batch = synthetic_batches(1)[0]
+    parts, *_ = task._masked_step(batch)
+    losses = {k: v for k, (v, n) in parts.items() if n > 0}
+    w = task.balancer.update(losses, task.model.last_shared_layer())
+    assert w["count"] == 3.0 and w["seq"] == 1.0 and w["cell"] == 1.0
+    total = task.balancer.combine(losses)
+    expected = sum(v for k, v in losses.items() if k != "count") + 3.0 * losses["count"]
+    assert torch.allclose(total, expected)
+
+
+def test_examples_take_the_reads_of_the_drawn_cell_type(tmp_path):
+    cfg = synthetic_config(tmp_path)
+    # the dataset holds the cell types in another order: columns follow the names
+    task = MaskedEncoderTask(cfg, MaskedEncoder.from_config(cfg.model, 3, 64, 32), {"samples": ["C", "A", "B"]})
+    assert task.columns.tolist() == [1, 2, 0]
+    batch = synthetic_batches(1)[0]
+    seq, reads, lmask, cell1h, masks = task.examples(batch, torch.Generator().manual_seed(0))
+    cells = cell1h.argmax(1)
+    for i in range(len(cells)):
+        assert torch.equal(reads[i], batch["signal"][i, task.columns[cells[i]]])
+    assert masks.seq.shape == (8, 64) and masks.cell.shape == (8,)
+
+
+def test_cell_type_missing_from_dataset(tmp_path):
+    cfg = synthetic_config(tmp_path)
+    with pytest.raises(UserError, match="C are in the config but not in the prepared dataset"):
+        MaskedEncoderTask(cfg, MaskedEncoder.from_config(cfg.model, 3, 64, 32), {"samples": ["A", "B"]})
+    assert signal_columns(["A"], ["B", "A"], 1) == [1]
+
+
+def test_lr_schedule_warmup_then_cosine():
+    f = [lr_lambda(s, 10, 110, "cosine") for s in range(110)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[60] == pytest.approx(0.5, abs=1e-6) and f[-1] < 0.01
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert lr_lambda(500, 10, 110, "constant") == 1.0
