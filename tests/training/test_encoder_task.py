@@ -118,3 +118,52 @@ def test_lr_schedule_warmup_then_cosine():
     assert f[60] == pytest.approx(0.5, abs=1e-6) and f[-1] < 0.01
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
     assert lr_lambda(500, 10, 110, "constant") == 1.0
+
+
+def synthetic_store(n=12, length=64, jitter=4, seed=0):
+    """An in-memory DatasetStore: 3 cell types, test peaks, reads peaked per cell type."""
+    import numpy as np
+    import pandas as pd
+
+    from seq2reads.data.store import DatasetStore
+
+    rng = np.random.default_rng(seed)
+    span = length + 2 * jitter
+    seq = rng.integers(0, 4, (n, span)).astype(np.uint8)
+    seq[:, :3] = 4  # a few N
+    signal = rng.poisson(0.3, (n, 3, 2, span)).astype(np.float32)
+    for k in range(3):
+        signal[:, k, 0, 20 + 8 * k] += 10
+    regions = pd.DataFrame({"chrom": "chr1", "start": np.arange(n) * 100, "end": np.arange(n) * 100 + span,
+                            "centre": np.arange(n) * 100 + span // 2, "name": [f"r{i}" for i in range(n)],
+                            "split": ["test"] * (n - 2) + ["train"] * 2, "kind": ["peak"] * n, "gc": 0.5})
+    attrs = {"samples": CELLS, "input_len": length, "output_len": 32, "jitter": jitter, "span": span}
+    return DatasetStore({"seq": seq, "signal": signal, "mask": np.ones((n, span), bool)}, regions, attrs)
+
+
+def test_masked_metrics_on_a_synthetic_store(tmp_path):
+    import numpy as np
+
+    from seq2reads.evaluation.masked import masked_metrics
+
+    cfg = synthetic_config(tmp_path)
+    torch.manual_seed(0)
+    model = MaskedEncoder.from_config(cfg.model, 3, 64, 32)
+    store = synthetic_store()
+    res = masked_metrics(cfg, model, store, batch_size=4)
+    assert res["n_windows"] == 10 and res["n_examples"] == 30
+    assert 0.15 <= res["mask_fraction"] <= 0.40
+    for k in ("read_profile_pearson", "read_profile_pearson_s2r"):
+        assert -1 <= res[k] <= 1
+    assert 0 <= res["read_profile_jsd"] <= 1
+    assert 0 <= res["seq_accuracy"] <= 1 and 0 <= res["cell_accuracy"] <= 1
+    assert res["cell_baseline_accuracy"] == pytest.approx(1 / 3)
+    # the base-composition baseline: the most frequent base of the evaluated windows, scored at
+    # masked positions (about its frequency, 1/4 here since the bases are uniform)
+    assert 0.15 < res["seq_baseline_accuracy"] < 0.4
+    assert set(res["per_cell_type"]) == set(CELLS)
+    # reproducible (fixed-seed masks) and the model is left in its mode
+    model.train()
+    again = masked_metrics(cfg, model, store, batch_size=4)
+    assert model.training and again["seq_accuracy"] == res["seq_accuracy"]
+    assert np.isclose(again["read_profile_pearson"], res["read_profile_pearson"])
