@@ -55,7 +55,7 @@ from torch import nn
 
 from seq2reads.atomic import atomic_path
 from seq2reads.errors import UserError
-from seq2reads.interpret.targets import AllTargets, expand_targets, make_target, select_target
+from seq2reads.interpret.targets import AllTargets, encoder_outputs, expand_targets, make_target, select_target
 
 FORMAT_NOTE = "ohe/attr are (N, 4, L) channels-first; attr is hypothetical; contributions = attr * ohe"
 
@@ -272,7 +272,7 @@ def ig_attributions(
             cell1h[:, cell] = 1.0
 
             def f(seq, rd, cl):
-                pl, lc = model.encode(seq, rd, cl)
+                pl, lc = encoder_outputs(model, seq, rd, cl)
                 return select_target(pl, lc, cell, target).float()
 
             grads, attrs, delta = integrated_gradients(
@@ -440,7 +440,7 @@ def attribute_run(cfg) -> Path:
     regions = store.regions.iloc[rows]
     lo = (store.span - input_len) // 2
     starts = regions["start"].to_numpy(np.int64) + lo
-    chroms = regions["chrom"].astype(str).to_numpy()
+    chroms = np.asarray(regions["chrom"].astype(str).tolist(), dtype=str)
     chrom_sizes = Genome(cfg.genome).chroms
     ohe = X.numpy()
     files, warned = [], []

@@ -71,6 +71,19 @@ def select_target(profile_logits: torch.Tensor, log_counts: torch.Tensor, cell: 
     return profile_target(logits, STRAND[target])
 
 
+def encoder_outputs(model: nn.Module, seq: torch.Tensor, reads: torch.Tensor, cell: torch.Tensor):
+    """``(profile_logits (N, 2, L_out), log_counts (N,))`` of the encoder's ``encode`` entry point.
+
+    ``encode`` returns the profile over the whole input; it is cropped to the central output window
+    so that the targets mean the same as in ``forward`` (S2R mode).
+    """
+    out = model.encode(seq, reads, cell)
+    pl = out["profile_logits"]
+    L_out = getattr(model, "output_len", pl.shape[-1])
+    a = (pl.shape[-1] - L_out) // 2
+    return pl[..., a:a + L_out], out["log_count"]
+
+
 class CountTarget(nn.Module):
     """``(N, 4, L) -> (N, 1)``: predicted log count of cell type ``cell`` (index into the model's cells)."""
 
