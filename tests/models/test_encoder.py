@@ -131,6 +131,13 @@ def test_intervention_replaces_a_layer():
     assert torch.allclose(p0, p1) and torch.allclose(c0, c1)
     p2, _ = m(x, intervene={"block0": torch.zeros_like})
     assert not torch.allclose(p0, p2)
+    # the function sees the layout of embed(): (N, D, T)
+    seen = []
+    m(x, intervene={"final": lambda h: seen.append(h.shape) or h})
+    assert seen == [(2 * 3, 16, 32)]
+    # replacing a layer by its own embedding (same row order as forward) is a no-op
+    e = m.embed(x, "block1")
+    assert torch.allclose(m(x, intervene={"block1": lambda h: e})[0], p0, atol=1e-5)
     with pytest.raises(UserError):
         m(x, intervene={"nope": torch.zeros_like})
 

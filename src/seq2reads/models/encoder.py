@@ -273,8 +273,9 @@ class MaskedEncoder(nn.Module):
         cell_mask : bool (N,), optional
             ``True`` = cell type hidden.
         intervene : dict layer name -> function, optional
-            Replace a layer's activations: ``f((N, T, D)) -> (N, T, D)`` is applied to the output
-            of that layer (e.g. an SAE reconstruction); layers as :meth:`layer_names`.
+            Replace a layer's activations: ``f((N, D, T)) -> (N, D, T)`` (the layout of
+            :meth:`embed`) is applied to the output of that layer (e.g. an SAE reconstruction);
+            layers as :meth:`layer_names`.
         stop_at : str, optional
             Return right after this layer with only ``hidden`` (used by :meth:`embed`).
 
@@ -294,19 +295,20 @@ class MaskedEncoder(nn.Module):
             raise UserError(
                 f"unknown layer {sorted(unknown)[0]!r}: valid layers are {', '.join(self.layer_names())}."
             )
-        x = self.embed_inputs(seq, reads, cell, seq_mask, read_mask, cell_mask)
-        x = intervene["embed"](x) if "embed" in intervene else x
+        def edit(name: str, h: torch.Tensor) -> torch.Tensor:
+            return intervene[name](h.transpose(1, 2)).transpose(1, 2) if name in intervene else h
+
+        x = edit("embed", self.embed_inputs(seq, reads, cell, seq_mask, read_mask, cell_mask))
         if stop_at == "embed":
             return {"hidden": x}
         cos, sin = rope_angles(x.shape[1], self.d_model // self.heads, device=x.device)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin)
             name = f"block{i}"
-            x = intervene[name](x) if name in intervene else x
+            x = edit(name, x)
             if stop_at == name:
                 return {"hidden": x}
-        h = self.norm(x)
-        h = intervene["final"](h) if "final" in intervene else h
+        h = edit("final", self.norm(x))
         if stop_at == "final":
             return {"hidden": h}
         return {
