@@ -152,8 +152,9 @@ class BigWigPairTrack:
             if hi <= lo:
                 continue
             v = np.asarray(h.values(chrom, lo, hi, numpy=True), dtype=np.float32)
-            np.nan_to_num(v, copy=False, nan=0.0)
-            out[s, lo - start : hi - start] = np.abs(v)
+            seg = out[s, lo - start : hi - start]
+            np.abs(v, out=seg)
+            np.fmax(seg, 0.0, out=seg)  # NaN (no data) -> 0
         return out
 
     def close(self) -> None:
