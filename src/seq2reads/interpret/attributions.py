@@ -411,10 +411,10 @@ def attribute_run(cfg) -> Path:
     icfg = cfg.interpret
     run = Path(cfg.run_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(run, device).eval()
     store = open_dataset(run / "dataset")
     cells_all = list(store.samples)
     cells = resolve_cells(icfg.cell_types, cells_all)
+    model = load_model(run, device).eval()
     method = resolve_method(icfg.method, model)
     targets = expand_targets(icfg.targets)
     input_len, output_len = store.input_len, store.output_len

@@ -1,0 +1,122 @@
+"""Attributions: DeepLIFT/SHAP (tangermeme), integrated gradients, ISM; the attribute command."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from seq2reads.cli import main
+from seq2reads.interpret import attributions as A
+from seq2reads.interpret.targets import make_target, profile_target
+
+
+class TinyCNN(nn.Module):
+    """Randomly initialised model with the seq2reads forward contract (2 cell types)."""
+
+    def __init__(self, C=2, L_out=32):
+        super().__init__()
+        self.C, self.L_out = C, L_out
+        self.conv = nn.Conv1d(4, 8, 7, padding=3)
+        self.act = nn.ReLU()
+        self.prof = nn.Conv1d(8, 2 * C, 5, padding=2)
+        self.lin = nn.Linear(8, C)
+
+    def forward(self, X):
+        h = self.act(self.conv(X))
+        s = (h.shape[-1] - self.L_out) // 2
+        h = h[..., s:s + self.L_out]
+        return self.prof(h).reshape(len(X), self.C, 2, self.L_out), self.lin(h.mean(-1))
+
+
+def _seqs(n=6, L=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.eye(4)[torch.randint(0, 4, (n, L), generator=g)].permute(0, 2, 1).contiguous()
+
+
+def test_profile_target_is_softmax_weighted_logit_sum():
+    z = torch.randn(3, 2, 10)
+    w = torch.softmax(z.reshape(3, -1), -1).reshape(3, 2, 10)
+    assert torch.allclose(profile_target(z, 1), (w[:, 1] * z[:, 1]).sum(-1))
+
+
+def test_deeplift_matches_tangermeme_and_is_complete():
+    from tangermeme.deep_lift_shap import deep_lift_shap
+
+    torch.manual_seed(0)
+    model, X = TinyCNN().eval(), _seqs()
+    out = A.deeplift_shap(model, X, [(1, "count"), (0, "profile_minus")], n_shuffles=5, seed=3)
+    refs = A.shuffled_references(X, 5, 3)
+    for (c, t), (attr, delta) in out.items():
+        ref = deep_lift_shap(make_target(model, c, t), X, references=refs, hypothetical=True, device="cpu")
+        assert attr.shape == X.shape
+        assert np.corrcoef(attr.ravel(), ref.numpy().ravel())[0, 1] > 0.999
+    # ReLU network, count target: DeepLIFT is exact up to float error
+    assert np.abs(out[(1, "count")][1]).max() < 1e-4
+
+
+def test_integrated_gradients_completeness_improves_with_steps():
+    torch.manual_seed(0)
+    model, X = TinyCNN().eval(), _seqs()
+    coarse = A.ig_attributions(model, X, 0, "count", 2, steps=2, baseline="zero")
+    fine = A.ig_attributions(model, X, 0, "count", 2, steps=64, baseline="zero")
+    assert fine["attr"].shape == X.shape and np.isfinite(fine["delta"]).all()
+    assert np.abs(fine["delta"]).mean() <= np.abs(coarse["delta"]).mean() + 1e-6
+    assert np.abs(fine["delta"]).max() < 0.05
+
+
+def test_ism_shapes_and_centring():
+    torch.manual_seed(0)
+    model, X = TinyCNN().eval(), _seqs(n=2, L=40)
+    out = A.ism_attributions(model, X, [(0, "count")])
+    a = out[(0, "count")]
+    assert a.shape == X.shape and np.allclose(a.sum(axis=1), 0, atol=1e-5)
+
+
+def _check_npz(path, n_cells, encoder):
+    z = np.load(path)
+    n, four, L = z["ohe"].shape
+    assert four == 4 and z["attr"].shape == (n, 4, L) and z["delta"].shape == (n,) and z["index"].shape == (n,)
+    assert z["attr"].dtype == np.float32 and np.isfinite(z["attr"]).all() and np.isfinite(z["delta"]).all()
+    assert np.allclose(z["ohe"].sum(1)[z["ohe"].sum(1) > 0], 1)
+    if encoder:
+        assert z["reads_attr"].shape == (n, 2, L) and z["cell_attr"].shape == (n, n_cells)
+        assert np.isfinite(z["reads_attr"]).all() and np.isfinite(z["cell_attr"]).all()
+    return z
+
+
+def test_attribute_bpnet_run(bpnet_run):
+    import pyBigWig
+
+    out = A.attribute_run(bpnet_run)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "deeplift"
+    cells = bpnet_run.cell_types
+    assert len(summary["files"]) == 3 * len(cells)
+    for f in summary["files"]:
+        z = _check_npz(out / f["file"], len(cells), encoder=False)
+        if f["target"] == "count":  # DeepLIFT completeness on the CNN
+            assert f["max_abs_delta"] < 1e-3, f
+        bw = pyBigWig.open(str(out / f["bigwig"]))
+        i = 0
+        vals = np.array(bw.values(str(z["chrom"][i]), int(z["start"][i]), int(z["start"][i]) + z["ohe"].shape[-1]))
+        contrib = (z["attr"][i] * z["ohe"][i]).sum(0)
+        assert np.isfinite(vals).all() and np.corrcoef(vals, contrib)[0, 1] > 0.9
+
+
+def test_attribute_encoder_run(encoder_run):
+    out = A.attribute_run(encoder_run)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "ig"
+    for f in summary["files"]:
+        _check_npz(out / f["file"], len(encoder_run.cell_types), encoder=True)
+
+
+def test_attribute_unknown_cell_type_exits_2(bpnet_run, capsys):
+    run = bpnet_run.run_path
+    before = sorted(p.name for p in run.iterdir())
+    rc = main(["attribute", str(run), "--set", "interpret.cell_types=[neuron]"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "neuron" in err and bpnet_run.cell_types[0] in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in run.iterdir()) == before
