@@ -322,3 +322,33 @@ def test_prepare_bgzip_genome_and_rerun_replaces(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml", "dataset"]
     with pytest.raises(UserError, match="no prepared dataset"):
         open_dataset(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
+def test_parallel_chunked_equals_serial(tmp_path, monkeypatch, start_method):
+    """Several tasks (small chunks) in 2 worker processes give exactly the serial result."""
+    from seq2reads.data import store as store_mod
+
+    cfg_path, raw = make_inputs(tmp_path, n_regions=40, bam=True, replicate=True)
+    monkeypatch.setattr(store_mod, "TARGET_CHUNK_BYTES", 1)  # 8-row chunks, 32-row tasks
+    monkeypatch.setattr(store_mod, "_start_method", lambda: start_method)  # fork unless torch is loaded
+    serial = load_config(cfg_path, ["run_dir=serial"])
+    par = load_config(cfg_path, ["run_dir=parallel"])
+    prepare(serial, workers=0, progress=False)
+    prepare(par, workers=2, progress=False)
+    a, b = open_dataset(serial.run_dir), open_dataset(par.run_dir)
+    assert a.attrs["chunk_rows"] == 8 and len(a) > 32
+    for k in ("seq", "signal", "mask", "replicate_signal"):
+        np.testing.assert_array_equal(np.asarray(getattr(a, k)[...]), np.asarray(getattr(b, k)[...]))
+    assert a.attrs["count_stats"] == b.attrs["count_stats"]
+    # replicate = the replicate bigWigs of sample A, zeros for samples without one
+    rep = np.asarray(a.replicate_signal[...])
+    assert (rep[:, 1:] == 0).all()
+    rp, rm = raw["signal"]["A_rep"]
+    for w in range(0, len(a), 7):
+        r = a.regions.iloc[w]
+        lo, hi = max(int(r.start), 0), min(int(r.end), CHROM_LENS[r.chrom])
+        exp = np.zeros((2, a.span), np.float32)
+        exp[0, lo - r.start : hi - r.start] = rp[r.chrom][lo:hi]
+        exp[1, lo - r.start : hi - r.start] = rm[r.chrom][lo:hi]
+        np.testing.assert_array_equal(rep[w, 0], exp)
