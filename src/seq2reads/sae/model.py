@@ -101,8 +101,12 @@ class SparseAutoencoder(nn.Module):
 
     # -- encoding ---------------------------------------------------------------------------
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoder pre-activations ``(B, n)`` of inputs ``x (B, d)`` (after the pre-encoder bias)."""
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        """Encoder pre-activations ``(B, n)`` of inputs ``x (B, d)`` (after the pre-encoder bias).
+
+        Computed as ``x W_enc - b_dec W_enc + b_enc`` (the same value as ``(x - b_dec) W_enc + b_enc``)
+        so that the backward pass needs no ``(B, d)`` gradient for the input: one large matmul less.
+        """
+        return x @ self.W_enc + (self.b_enc - self.b_dec @ self.W_enc)
 
     def sparsify(self, pre: torch.Tensor) -> torch.Tensor:
         """Latents ``z (B, n) >= 0`` from pre-activations, by the configured sparsity kind."""
@@ -143,8 +147,16 @@ class SparseAutoencoder(nn.Module):
         al.; ``l1`` the L1 penalty (ReLU kind only). ``loss = mse + aux / 32 + l1``.
         """
         pre = self.pre_activations(x)
-        z = self.sparsify(pre)
-        x_hat = self.decode(z)
+        if self.kind == "topk":
+            # Sparse decode (Gao et al. use sparse kernels for the same reason): only k latents per
+            # vector are non-zero, so gather k decoder rows instead of a dense (B, n) x (n, d) matmul.
+            vals, idx = pre.topk(self.k, dim=-1)
+            acts = torch.relu(vals)
+            z = torch.zeros_like(pre).scatter(-1, idx, acts)
+            x_hat = self._sparse_decode(idx, acts) + self.b_dec
+        else:
+            z = self.sparsify(pre)
+            x_hat = self.decode(z)
         err = x - x_hat
         mse = err.pow(2).sum(-1).mean()
         zero = x.new_zeros(())
@@ -159,14 +171,17 @@ class SparseAutoencoder(nn.Module):
             if n_dead:
                 aux_pre = pre.masked_fill(~dead, float("-inf"))
                 vals, idx = aux_pre.topk(min(self.aux_k, n_dead), dim=-1)
-                z_aux = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
-                e_hat = z_aux @ self.W_dec
+                e_hat = self._sparse_decode(idx, torch.relu(vals))
                 resid = err.detach()
                 denom = (resid - resid.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
                 aux = (resid - e_hat).pow(2).sum(-1).mean() / denom
                 aux = torch.nan_to_num(aux)
         l1 = self.l1_coef * z.abs().sum(-1).mean() if self.kind == "relu" else zero
         return SAEOutput(z=z, x_hat=x_hat, loss=mse + AUX_COEF * aux + l1, mse=mse, aux=aux, l1=l1)
+
+    def _sparse_decode(self, idx: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+        """``sum_j acts[:, j] * W_dec[idx[:, j]]`` -> ``(B, d)`` without materialising ``(B, n)``."""
+        return nn.functional.embedding_bag(idx, self.W_dec, per_sample_weights=acts, mode="sum")
 
     @torch.no_grad()
     def remove_parallel_grad(self) -> None:
