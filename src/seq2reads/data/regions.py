@@ -6,7 +6,7 @@ Coordinates are 0-based, half-open (as in BED). A region's centre is the narrowP
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import pandas as pd
 from seq2reads.errors import UserError, require_file
 
 SPLITS = ("train", "valid", "test")
+log = logging.getLogger(__name__)
 _HEADER_PREFIXES = ("#", "track", "browser")
 
 
@@ -318,8 +319,8 @@ def background_windows(
         chosen = _pick_gc_matched(gcs, peak_gc, bins, n_split, rng) if gc_matched else \
             rng.permutation(len(gcs))[:n_split]
         if len(chosen) < n_split:
-            warnings.warn(f"only {len(chosen)} of {n_split} background windows found on {split} chromosomes "
-                          "(the genome has little room away from regions and N runs)", stacklevel=2)
+            log.warning("seq2reads prepare: warning: only %d of %d background windows found on %s chromosomes "
+                        "(little room away from regions, excluded intervals and N runs)", len(chosen), n_split, split)
         for i in chosen:
             c = cands[which[i]]
             s = int(starts[i])

@@ -27,11 +27,11 @@ arrays; only the window table and per-window totals are held for the whole genom
 from __future__ import annotations
 
 import json
+import logging
 import math
 import multiprocessing
 import os
 import sys
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +54,8 @@ MAX_BLOCK = 2_000_000
 TARGET_CHUNK_BYTES = 8 << 20
 ROWS_PER_TASK_CHUNKS = 4
 PARALLEL_MIN_WINDOWS = 4000  # below this, worker start-up costs more than it saves
+
+log = logging.getLogger(__name__)
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -254,10 +256,9 @@ def prepare(cfg, workers: int | None = None, progress: bool = True) -> Path:
     inp = open_inputs(cfg)
     win, past = build_windows(cfg, inp, seed=cfg.train.seed)
     if past:
-        warnings.warn(
-            f"{past} region window(s) extend past a chromosome end: padded with N and zero signal, masked from the loss",
-            UserWarning, stacklevel=2,
-        )
+        # logging, not warnings.warn: without a configured handler Python prints just this line.
+        log.warning("seq2reads prepare: warning: %d region window(s) extend past a chromosome end: padded with N "
+                    "and zero signal and masked from the loss", past)
     S, C, W = span_of(cfg.window), len(cfg.samples), len(win)
     has_rep = [bool(r) for r in inp.replicates]
     exclude = {}
