@@ -142,3 +142,17 @@ def test_bad_track_files(tmp_path, bam):
         BamTrack(txt, read_rule("pro-seq"))
     with pytest.raises(UserError, match="not found"):
         open_track(Replicate(bam=str(tmp_path / "missing.bam")))
+
+
+def test_cram_matches_bam(tmp_path, bam):
+    import pysam
+
+    from tests.data.test_genome import write_fasta
+
+    ref = write_fasta(tmp_path / "ref.fa", {"c1": "ACGT" * 10, "c2": "A" * 100})
+    pysam.faidx(str(ref))
+    cram = tmp_path / "reads.cram"
+    pysam.view("-C", "-T", str(ref), "-o", str(cram), bam, catch_stdout=False)
+    pysam.index(str(cram))
+    t = open_track(Replicate(bam=str(cram)), Reads(min_mapq=10), "pro-seq", reference=str(ref))
+    np.testing.assert_array_equal(t.values("c1", 0, L), np.stack(EXPECTED["pro-seq"]))
