@@ -9,8 +9,10 @@ Layout (docs/ARCHITECTURE.md, "The Zarr dataset"); W windows, C cell types, S = 
   replicates of each sample (zeros where a sample has none; see attr ``has_replicate``)
 - ``regions/{chrom,start,end,centre,name,split,kind,gc}`` (W,) the window table
 
-Window ``w`` spans ``[start, end)`` with ``start = centre - S // 2``. Rows are sorted by
-chromosome (genome order) and start, so each chromosome is one contiguous row range.
+Window ``w`` spans ``[start, end)`` with ``start = centre - S // 2`` (``regions/start,end`` are this
+stored span, not the BED interval); ``gc`` is the G+C fraction of its A/C/G/T bases; ``name`` is the
+BED name (``bg:chrom:start-end`` for background). Rows are sorted by chromosome (genome order) and
+start, so each chromosome is one contiguous row range.
 
 Loss mask rule: False on excluded intervals (``exclude`` BED), on positions past a chromosome end
 (stored as N with zero signal) and on N bases inside the genome (nothing can map there, so a zero
@@ -21,7 +23,9 @@ chunks, so tasks never write the same chunk); within a task each chromosome's wi
 into a few large sorted blocks, and sequence and every track are read once per block (one
 ``values`` call per bigWig, one ``fetch`` per BAM) and sliced into windows with numpy. Tasks run in
 a process pool (each worker opens its own files) and write their rows straight into the Zarr
-arrays; only the window table and per-window totals are held for the whole genome.
+arrays; only the window table and per-window totals are held for the whole genome. Peak memory
+per worker is one task's rows (``4 * chunk_rows`` rows, about 32 MB of signal) plus one block
+(at most ``MAX_BLOCK`` bp per track), whatever the genome size.
 """
 
 from __future__ import annotations
