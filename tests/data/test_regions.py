@@ -76,6 +76,8 @@ def test_chrom_name_checks():
         check_chrom_names(genome, ["chr1", "chr9"])
     with pytest.raises(UserError, match=r"track uses '1'"):
         check_chrom_names(genome, ["chr1"], {"sample 'A'": {"1": 100, "2": 100}})
+    with pytest.raises(UserError, match=r"different assemblies"):
+        check_chrom_names(genome, ["chr1"], {"sample 'A'": {"chr1": 120}})
     with pytest.raises(UserError, match="splits.test"):
         check_chrom_names(genome, ["chr1"], None, Splits(valid=["chr2"], test=["1"]))
 

@@ -181,6 +181,13 @@ def check_chrom_names(
             f"but the genome has {_examples(_alt_name(c) for c in xmiss)}; rename them to the genome's style."
         )
     for label, tchroms in (track_chroms or {}).items():
+        diff = [c for c in rchroms if c in tchroms and int(tchroms[c]) != int(genome_chroms[c])]
+        if diff:
+            c = diff[0]
+            raise UserError(
+                f"{label} and the genome disagree on chromosome lengths ({c}: {tchroms[c]} vs {genome_chroms[c]} bp): "
+                "they come from different assemblies; use tracks made on this genome."
+            )
         if not set(tchroms) & set(rchroms):
             alt = [c for c in tchroms if _alt_name(c) in gset]
             if alt:
