@@ -182,16 +182,18 @@ def integrated_gradients(
     inputs: Sequence[torch.Tensor],
     baselines: Sequence[torch.Tensor],
     steps: int = 32,
-) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-    """Integrated gradients of a scalar-per-example function over a straight path.
+    max_rows: int = 128,
+) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]], torch.Tensor]:
+    """Integrated gradients of one or several outputs per example over a straight path.
 
-    Hand-written (a dozen lines of torch; captum is not a dependency). The path integral uses the
-    trapezoid rule on ``steps + 1`` equally spaced points, all inputs moving together.
+    Hand-written (a few lines of torch; captum is not a dependency). The path integral uses the
+    trapezoid rule on ``steps + 1`` equally spaced points, all inputs moving together; path points
+    are batched (``max_rows`` rows per pass) and the T outputs share each forward pass.
 
     Parameters
     ----------
     f : callable
-        ``f(*inputs) -> (N,)``.
+        ``f(*inputs) -> (N, T)`` (or ``(N,)`` for T = 1).
     inputs, baselines : sequences of Tensor
         Same shapes, leading axis N.
     steps : int
@@ -199,29 +201,43 @@ def integrated_gradients(
 
     Returns
     -------
-    mean_grads : list of Tensor
-        Path-averaged gradients per input (the "multipliers").
-    attrs : list of Tensor
-        ``(x - baseline) * mean_grad`` per input.
-    delta : Tensor (N,)
+    mean_grads : list over T of lists over inputs
+        Path-averaged gradients (the "multipliers").
+    attrs : list over T of lists over inputs
+        ``(x - baseline) * mean_grad``.
+    delta : Tensor (N, T)
         ``sum(all attrs) - (f(x) - f(baseline))`` (completeness error).
     """
+    n = len(inputs[0])
     alphas = torch.linspace(0, 1, steps + 1)
     weights = torch.full((steps + 1,), 1.0 / steps)
     weights[0] = weights[-1] = 0.5 / steps
-    grads = [torch.zeros_like(x) for x in inputs]
-    for a, w in zip(alphas.tolist(), weights.tolist()):
-        xs = [(b + a * (x - b)).detach().requires_grad_(True) for x, b in zip(inputs, baselines)]
+    per = max(1, max_rows // n)  # path points per pass
+    grads: list[list[torch.Tensor]] | None = None
+    for s in range(0, steps + 1, per):
+        a = alphas[s:s + per].to(inputs[0].device)
+        w = weights[s:s + per].to(inputs[0].device)
+        k = len(a)
+        xs = []
+        for x, b in zip(inputs, baselines):
+            shape = (k,) + (1,) * x.dim()
+            xs.append((b[None] + a.view(shape) * (x - b)[None]).reshape(k * n, *x.shape[1:]).requires_grad_(True))
         with torch.enable_grad():
             y = f(*xs)
-            gs = torch.autograd.grad(y.sum(), xs, allow_unused=True)
-        for acc, g in zip(grads, gs):
-            if g is not None:
-                acc += w * g.detach()
-    attrs = [(x - b) * g for x, b, g in zip(inputs, baselines, grads)]
+            y = y[:, None] if y.dim() == 1 else y
+            if grads is None:
+                grads = [[torch.zeros_like(x) for x in inputs] for _ in range(y.shape[1])]
+            for t in range(y.shape[1]):
+                gs = torch.autograd.grad(y[:, t].sum(), xs, retain_graph=t < y.shape[1] - 1, allow_unused=True)
+                for acc, g in zip(grads[t], gs):
+                    if g is not None:
+                        g = g.detach().reshape(k, n, *g.shape[1:])  # rows are (path point, example)
+                        acc += (w.view((k,) + (1,) * (g.dim() - 1)) * g).sum(0)
+    attrs = [[(x - b) * g for x, b, g in zip(inputs, baselines, gt)] for gt in grads]
     with torch.inference_mode():
         fx, fb = f(*inputs).float(), f(*baselines).float()
-    total = sum(a.reshape(len(a), -1).sum(1) for a in attrs)
+    fx, fb = (fx[:, None], fb[:, None]) if fx.dim() == 1 else (fx, fb)
+    total = torch.stack([sum(a.reshape(n, -1).sum(1) for a in at) for at in attrs], dim=1)
     return grads, attrs, (total - (fx - fb)).detach()
 
 
@@ -229,15 +245,15 @@ def ig_attributions(
     model: nn.Module,
     X: torch.Tensor,
     cell: int,
-    target: str,
+    targets: str | Sequence[str],
     n_cells: int,
     steps: int = 32,
     reads: torch.Tensor | None = None,
     baseline: str = "shuffle",
     seed: int = 0,
     chunk: int = 16,
-) -> dict[str, np.ndarray]:
-    """Integrated-gradient attributions of one target.
+) -> dict[str, np.ndarray] | dict[str, dict[str, np.ndarray]]:
+    """Integrated-gradient attributions of one cell type's targets (sharing the path).
 
     For a model with an ``encode(seq, reads, cell)`` entry point (the masked encoder) and given
     ``reads``, the attributions cover sequence, reads and cell type; otherwise the sequence only
@@ -246,6 +262,7 @@ def ig_attributions(
     Parameters
     ----------
     X : Tensor (N, 4, L) one-hot
+    targets : a target name or a list of them
     reads : Tensor (N, 2, L) or None
         Observed read counts of cell type ``cell`` over the input (plus, minus).
     baseline : "shuffle" or "zero"
@@ -253,18 +270,17 @@ def ig_attributions(
 
     Returns
     -------
-    dict with ``attr`` (N, 4, L) hypothetical, ``delta`` (N,) and, for the encoder,
-    ``reads_attr`` (N, 2, L) and ``cell_attr`` (N, C).
+    For one target name: dict with ``attr`` (N, 4, L) hypothetical, ``delta`` (N,) and, for the
+    encoder, ``reads_attr`` (N, 2, L) and ``cell_attr`` (N, C); for a list: target -> such a dict.
     """
+    single = isinstance(targets, str)
+    names = [targets] if single else list(targets)
     device = model_device(model)
     use_encode = reads is not None and hasattr(model, "encode")
-    res: dict[str, list] = {"attr": [], "delta": [], "reads_attr": [], "cell_attr": []}
+    res = {t: {"attr": [], "delta": [], "reads_attr": [], "cell_attr": []} for t in names}
     for s in range(0, len(X), chunk):
         Xc = X[s:s + chunk].float()
-        if baseline == "zero":
-            Xb = torch.zeros_like(Xc)
-        else:
-            Xb = shuffled_references(Xc, 1, seed + s)[:, 0]
+        Xb = torch.zeros_like(Xc) if baseline == "zero" else shuffled_references(Xc, 1, seed + s)[:, 0]
         Xc, Xb = Xc.to(device), Xb.to(device)
         if use_encode:
             Rc = reads[s:s + chunk].float().to(device)
@@ -273,25 +289,27 @@ def ig_attributions(
 
             def f(seq, rd, cl):
                 pl, lc = encoder_outputs(model, seq, rd, cl)
-                return select_target(pl, lc, cell, target).float()
+                return torch.stack([select_target(pl, lc, cell, t).float() for t in names], dim=1)
 
             grads, attrs, delta = integrated_gradients(
                 f, [Xc, Rc, cell1h], [Xb, torch.zeros_like(Rc), torch.full_like(cell1h, 1.0 / n_cells)], steps)
-            res["reads_attr"].append(attrs[1].cpu().numpy())
-            res["cell_attr"].append(attrs[2].cpu().numpy())
         else:
             def f(seq):
                 pl, lc = model(seq)
-                return select_target(pl, lc, cell, target).float()
+                return torch.stack([select_target(pl, lc, cell, t).float() for t in names], dim=1)
 
             grads, attrs, delta = integrated_gradients(f, [Xc], [Xb], steps)
-        g = grads[0]
-        # Hypothetical contributions from the path-averaged gradients, projected as in DeepSHAP:
-        # base b gets g_b - sum_j baseline_j g_j, so that attr * ohe sums to the IG attribution.
-        hyp = g - (Xb * g).sum(dim=1, keepdim=True)
-        res["attr"].append(hyp.cpu().numpy())
-        res["delta"].append(delta.cpu().numpy())
-    return {k: np.concatenate(v).astype(np.float32) for k, v in res.items() if v}
+        for j, t in enumerate(names):
+            g = grads[j][0]
+            # Hypothetical contributions from the path-averaged gradients, projected as in DeepSHAP:
+            # base b gets g_b - sum_i baseline_i g_i, so that attr * ohe sums to the IG attribution.
+            res[t]["attr"].append((g - (Xb * g).sum(dim=1, keepdim=True)).cpu().numpy())
+            res[t]["delta"].append(delta[:, j].cpu().numpy())
+            if use_encode:
+                res[t]["reads_attr"].append(attrs[j][1].cpu().numpy())
+                res[t]["cell_attr"].append(attrs[j][2].cpu().numpy())
+    out = {t: {k: np.concatenate(v).astype(np.float32) for k, v in r.items() if v} for t, r in res.items()}
+    return out[names[0]] if single else out
 
 
 # -- ISM ----------------------------------------------------------------------------------------
@@ -432,10 +450,10 @@ def attribute_run(cfg) -> Path:
         for p, a in ism_attributions(model, X, pairs).items():
             results[p] = {"attr": a, "delta": np.full(len(X), np.nan, np.float32)}
     else:
-        for c, t in pairs:
+        for c in cidx:
             r = None if reads is None else reads[:, cidx.index(c)]
-            results[(c, t)] = ig_attributions(model, X, c, t, len(cells_all), icfg.ig_steps, r,
-                                              icfg.ig_baseline, seed)
+            per = ig_attributions(model, X, c, targets, len(cells_all), icfg.ig_steps, r, icfg.ig_baseline, seed)
+            results.update({(c, t): v for t, v in per.items()})
 
     regions = store.regions.iloc[rows]
     lo = (store.span - input_len) // 2
