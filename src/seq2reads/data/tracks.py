@@ -227,9 +227,10 @@ class BamTrack:
         if self.rule.end == "coverage":
             starts, stops, strand = self._blocks(chrom, lo, hi)
             # Coverage through a difference array: +1 at each block start, -1 at its end.
-            diff = np.zeros((2, L + 1), dtype=np.int64)
-            np.add.at(diff, (strand, np.clip(starts - start, 0, L)), 1)
-            np.add.at(diff, (strand, np.clip(stops - start, 0, L)), -1)
+            n = 2 * (L + 1)
+            up = np.bincount(strand * (L + 1) + np.clip(starts - start, 0, L), minlength=n)
+            down = np.bincount(strand * (L + 1) + np.clip(stops - start, 0, L), minlength=n)
+            diff = (up - down).reshape(2, L + 1)
             return np.cumsum(diff[:, :L], axis=1).astype(np.float32)
         pos, strand = self._ends(chrom, lo, hi)
         keep = (pos >= start) & (pos < end)
@@ -251,7 +252,13 @@ class BamTrack:
                 continue
             rev = flag & 0x10
             # 5' end: first aligned base on + reads, last on - reads; 3' end the other way round.
-            pos.append(r.reference_start if five != bool(rev) else r.reference_end - 1)
+            if five != bool(rev):
+                pos.append(r.reference_start)
+            else:
+                e = r.reference_end
+                if e is None:  # mapped but without a CIGAR: no alignment end to count
+                    continue
+                pos.append(e - 1)
             strand.append((1 if rev else 0) ^ flip)
         return np.asarray(pos, np.int64), np.asarray(strand, np.int64)
 
