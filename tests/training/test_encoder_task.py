@@ -167,3 +167,21 @@ def test_masked_metrics_on_a_synthetic_store(tmp_path):
     again = masked_metrics(cfg, model, store, batch_size=4)
     assert model.training and again["seq_accuracy"] == res["seq_accuracy"]
     assert np.isclose(again["read_profile_pearson"], res["read_profile_pearson"])
+
+
+@pytest.mark.parametrize("key,value", [("mask_min", "0"), ("mask_max", "1.0"), ("mask_min", "0.5")])
+def test_masking_bounds_outside_0_1_exit_2(tmp_path, capsys, key, value):
+    import yaml
+
+    from seq2reads.cli import main
+
+    raw = {"run_dir": str(tmp_path / "run"), "genome": "g.fa", "regions": "r.bed",
+           "samples": [{"name": "A", "plus": "a.p.bw", "minus": "a.m.bw"}], "model": {"type": "encoder"}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    # mask_min=0.5 > mask_max=0.4 is out of order
+    # rejected when the config is read, by any command (prepare here: nothing is written)
+    assert main(["prepare", str(path), "--set", f"model.{key}={value}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and (f"model.{key}" in err or "masking bounds" in err), err
+    assert not (tmp_path / "run").exists()
