@@ -57,7 +57,9 @@ MAX_GAP = 20_000
 MAX_BLOCK = 2_000_000
 TARGET_CHUNK_BYTES = 8 << 20
 ROWS_PER_TASK_CHUNKS = 4
-PARALLEL_MIN_WINDOWS = 4000  # below this, worker start-up costs more than it saves
+# Below these many windows, starting workers costs more than it saves (forked workers start in
+# milliseconds; forkserver/spawn ones import numpy/zarr/pysam again, seconds on a busy machine).
+PARALLEL_MIN_WINDOWS = {"fork": 1000, "forkserver": 20000, "spawn": 20000}
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +239,7 @@ def prepare(cfg, workers: int | None = None, progress: bool = True) -> Path:
     ----------
     cfg : config.Config
     workers : int, optional
-        Worker processes (default: 2, or 0 = in this process for small data sets).
+        Worker processes; 0 = in this process. Default: 2, or 0 for data sets too small to gain.
     progress : bool
         Show a progress bar (stderr).
 
@@ -272,7 +274,7 @@ def prepare(cfg, workers: int | None = None, progress: bool = True) -> Path:
     chunk = _chunk_rows(C * 2 * S * 4)
     per_task = chunk * ROWS_PER_TASK_CHUNKS
     if workers is None:
-        workers = 2 if W >= PARALLEL_MIN_WINDOWS else 0
+        workers = 2 if W >= PARALLEL_MIN_WINDOWS[_start_method()] else 0
     out = cfg.run_path / DATASET_DIR
     chrom_arr = win["chrom"].to_numpy(dtype=object)
     start_arr = win["start"].to_numpy(np.int64)
