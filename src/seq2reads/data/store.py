@@ -179,11 +179,20 @@ def _copy_windows(dst: np.ndarray, block: np.ndarray, offsets: np.ndarray, S: in
             dst[i] = block[..., o : o + S]
 
 
+def _raw_values(track, chrom: str, start: int, end: int) -> np.ndarray:
+    from seq2reads.data.tracks import BigWigPairTrack
+
+    if isinstance(track, BigWigPairTrack):
+        return track.values(chrom, start, end, raw=True)
+    return track.values(chrom, start, end)
+
+
 def _fill_task(job: dict) -> tuple[int, np.ndarray, np.ndarray]:
     """Compute and write rows ``[r0, r1)``; return (r0, output-window totals (n, C), gc (n,))."""
     import zarr
 
     from seq2reads.data.genome import N_CODE, gc_fraction
+    from seq2reads.data.tracks import clean_values
 
     r0, chroms, starts = job["r0"], job["chroms"], job["starts"]
     S, out_len, genome, tracks, reps = job["S"], job["output_len"], job["genome"], job["tracks"], job["replicates"]
@@ -211,9 +220,10 @@ def _fill_task(job: dict) -> tuple[int, np.ndarray, np.ndarray]:
             _copy_windows(seq[i0:i1], codes, off, S)
             _copy_windows(mask[i0:i1], bmask, off, S)
             for c, t in enumerate(tracks):
-                _copy_windows(sig[i0:i1, c], t.values(chrom, bs, be), off, S)
+                _copy_windows(sig[i0:i1, c], _raw_values(t, chrom, bs, be), off, S)
                 for r in reps[c]:
                     _copy_windows(rep[i0:i1, c], r.values(chrom, bs, be), off, S, add=True)
+    clean_values(sig)  # abs / NaN -> 0 of raw bigWig values, on the windows only
     lo = (S - out_len) // 2
     totals = sig[:, :, :, lo : lo + out_len].sum(axis=(2, 3), dtype=np.float64)
     gc = gc_fraction(seq)

@@ -97,6 +97,13 @@ def _sniff_track(path: Path) -> str:
     return "unknown"
 
 
+def clean_values(x: np.ndarray) -> np.ndarray:
+    """In place: ``|x|`` (minus strands stored negative) with NaN (no data) -> 0; returns ``x``."""
+    np.abs(x, out=x)
+    np.fmax(x, 0.0, out=x)
+    return x
+
+
 class BigWigPairTrack:
     """Two bigWigs (plus, minus strand). A minus strand stored negative is read as ``abs``; NaN -> 0."""
 
@@ -140,8 +147,12 @@ class BigWigPairTrack:
             self._chroms = {k: int(v) for k, v in c.items()}
         return self._chroms
 
-    def values(self, chrom: str, start: int, end: int) -> np.ndarray:
-        """Per-base values ``float32 (2, end - start)`` (plus, minus; >= 0; 0 outside the chromosome)."""
+    def values(self, chrom: str, start: int, end: int, raw: bool = False) -> np.ndarray:
+        """Per-base values ``float32 (2, end - start)`` (plus, minus; >= 0; 0 outside the chromosome).
+
+        ``raw=True`` skips the ``abs`` and NaN -> 0 clean-up (the caller applies :func:`clean_values`
+        to what it keeps; ``prepare`` does so on the windows only, not on whole blocks).
+        """
         start, end = int(start), int(end)
         out = np.zeros((2, end - start), dtype=np.float32)
         for s, h in enumerate(self._open()):
@@ -151,10 +162,10 @@ class BigWigPairTrack:
             lo, hi = max(start, 0), min(end, length)
             if hi <= lo:
                 continue
-            v = np.asarray(h.values(chrom, lo, hi, numpy=True), dtype=np.float32)
             seg = out[s, lo - start : hi - start]
-            np.abs(v, out=seg)
-            np.fmax(seg, 0.0, out=seg)  # NaN (no data) -> 0
+            seg[...] = h.values(chrom, lo, hi, numpy=True)
+            if not raw:
+                clean_values(seg)
         return out
 
     def close(self) -> None:
