@@ -1,0 +1,189 @@
+"""The BPNet-style dilated residual CNN (SPEC.md, "Models": ``bpnet``).
+
+Architecture (Avsec et al. 2021, as in bpnet-lite / ChromBPNet), multi-cell-type from one trunk:
+
+- ``conv0``: a wide convolution (``conv_kernel``) of the one-hot DNA, then ReLU;
+- ``dil1`` .. ``dilK``: ``layers`` residual blocks ``h + ReLU(conv_d(h))`` with dilation
+  ``d = 2**i`` (doubling), kernel ``dilated_kernel``;
+- profile head: a wide convolution (``profile_kernel``) to ``2 C`` channels, i.e. per cell type one
+  logit track per strand; the profile of cell type ``c`` is a single softmax over both strands;
+- count head: the trunk features averaged over the output window, then a linear map to ``C``
+  log counts (``log(1 + total count)`` of the output window, both strands).
+
+Speed: every convolution is *valid* (no padding), so each layer computes only the span that the
+output still needs (its output length plus the receptive field of the layers after it), and an
+input longer than :meth:`BPNet.min_input_len` is centre-cropped to that span before anything is
+computed ("crop early"). bpnet-lite pads every layer to the full input length and crops at the end;
+the centre ``output_len`` positions are the same function of the input either way (padding only
+ever reaches positions outside the receptive field of the kept outputs), we just skip the work.
+
+Non-linearities are separate ``nn.ReLU`` modules (one per use) so that DeepLIFT/DeepSHAP
+implementations that hook modules (tangermeme, captum) see every one of them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BPNet(nn.Module):
+    """Dilated residual CNN mapping one-hot DNA to stranded profiles and total counts per cell type.
+
+    Parameters
+    ----------
+    n_cell_types : int
+        C, the number of cell types (config ``samples``) predicted from the shared trunk.
+    output_len : int
+        L_out, positions of the predicted profile (centred in the input window).
+    filters : int
+        Channels of every trunk layer.
+    layers : int
+        Number of dilated residual layers; layer ``i`` (1-based) has dilation ``2**i``.
+    conv_kernel, dilated_kernel, profile_kernel : int
+        Kernel widths of the first conv, the dilated convs and the profile head.
+
+    Examples
+    --------
+    >>> m = BPNet(n_cell_types=3, output_len=100, filters=8, layers=2)
+    >>> x = torch.zeros(2, 4, m.min_input_len)
+    >>> [t.shape for t in m(x)]
+    [torch.Size([2, 3, 2, 100]), torch.Size([2, 3])]
+    """
+
+    def __init__(
+        self,
+        n_cell_types: int,
+        output_len: int,
+        filters: int = 64,
+        layers: int = 8,
+        conv_kernel: int = 21,
+        dilated_kernel: int = 3,
+        profile_kernel: int = 75,
+    ) -> None:
+        super().__init__()
+        self.n_cell_types = int(n_cell_types)
+        self.output_len = int(output_len)
+        self.filters = int(filters)
+        self.n_layers = int(layers)
+        self.conv_kernel = int(conv_kernel)
+        self.dilated_kernel = int(dilated_kernel)
+        self.profile_kernel = int(profile_kernel)
+
+        self.conv0 = nn.Conv1d(4, filters, conv_kernel)
+        self.relu0 = nn.ReLU()
+        self.dil = nn.ModuleList(
+            nn.Conv1d(filters, filters, dilated_kernel, dilation=2**i) for i in range(1, layers + 1)
+        )
+        self.relus = nn.ModuleList(nn.ReLU() for _ in range(layers))
+        self.profile_head = nn.Conv1d(filters, 2 * n_cell_types, profile_kernel)
+        self.count_head = nn.Linear(filters, n_cell_types)
+
+    # -- geometry ------------------------------------------------------------------------------
+    def _shrinks(self) -> list[int]:
+        """Positions lost by each valid convolution: conv0, dil1..dilK, profile head."""
+        k = self.dilated_kernel - 1
+        return [self.conv_kernel - 1, *(k * 2**i for i in range(1, self.n_layers + 1)), self.profile_kernel - 1]
+
+    @property
+    def receptive_field(self) -> int:
+        """Input positions that one output position depends on."""
+        return sum(self._shrinks()) + 1
+
+    @property
+    def min_input_len(self) -> int:
+        """Shortest input (bp) that yields ``output_len`` outputs: ``output_len + receptive_field - 1``."""
+        return self.output_len + self.receptive_field - 1
+
+    def layer_names(self) -> list[str]:
+        """Names accepted by :meth:`embed`: ``conv0``, ``dil1`` .. ``dilK``."""
+        return ["conv0", *(f"dil{i}" for i in range(1, self.n_layers + 1))]
+
+    # -- forward -------------------------------------------------------------------------------
+    def _crop_input(self, X: torch.Tensor) -> torch.Tensor:
+        """Centre-crop (N, 4, L_in) to the ``min_input_len`` span whose outputs are the centre L_out."""
+        L_in = X.shape[-1]
+        need = self.min_input_len
+        if L_in < need:
+            raise ValueError(
+                f"input length {L_in} is shorter than this model needs ({need} bp for {self.output_len} outputs)"
+            )
+        # Output window starts at (L_in - L_out) // 2 (same rule as loader.center_crop); the kept
+        # input span starts that far minus the left half of the receptive field.
+        left = sum(s // 2 for s in self._shrinks())
+        start = (L_in - self.output_len) // 2 - left
+        return X[..., start : start + need]
+
+    def _trunk(self, X: torch.Tensor, stop: str | None = None) -> torch.Tensor:
+        h = self.relu0(self.conv0(self._crop_input(X)))
+        if stop == "conv0":
+            return h
+        for i, (conv, relu) in enumerate(zip(self.dil, self.relus), start=1):
+            y = relu(conv(h))
+            s = (h.shape[-1] - y.shape[-1]) // 2
+            h = h[..., s : s + y.shape[-1]] + y
+            if stop == f"dil{i}":
+                return h
+        return h
+
+    def forward(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict profile logits and log total counts.
+
+        Parameters
+        ----------
+        X : Tensor, float (N, 4, L_in)
+            One-hot DNA (A, C, G, T; N all-zero), ``L_in >= min_input_len``; longer inputs are
+            centre-cropped first.
+
+        Returns
+        -------
+        profile_logits : Tensor (N, C, 2, L_out)
+            Unnormalised log-probabilities; per cell type a softmax over both strands jointly.
+        log_counts : Tensor (N, C)
+            Predicted ``log(1 + total count)`` of the output window (both strands).
+        """
+        h = self._trunk(X)  # (N, F, L_out + profile_kernel - 1)
+        N = h.shape[0]
+        profile = self.profile_head(h).reshape(N, self.n_cell_types, 2, self.output_len)
+        s = (self.profile_kernel - 1) // 2
+        pooled = h[..., s : s + self.output_len].mean(dim=-1)  # average over the output window
+        return profile, self.count_head(pooled)
+
+    def embed(self, X: torch.Tensor, layer: str) -> torch.Tensor:
+        """Per-position embeddings of a named layer (after its ReLU / residual add).
+
+        Parameters
+        ----------
+        X : Tensor (N, 4, L_in)
+            One-hot DNA, as for :meth:`forward`.
+        layer : str
+            One of :meth:`layer_names`.
+
+        Returns
+        -------
+        Tensor (N, filters, L')
+            ``L'`` is the valid span of that layer, centred on the window (it shrinks with depth
+            down to ``output_len + profile_kernel - 1`` after the last layer).
+        """
+        if layer not in self.layer_names():
+            raise ValueError(f"unknown layer '{layer}'; choose one of {', '.join(self.layer_names())}")
+        return self._trunk(X, stop=layer)
+
+    def config_dict(self) -> dict:
+        """Constructor arguments (what :func:`seq2reads.models.io.save_model` records)."""
+        return {
+            "n_cell_types": self.n_cell_types,
+            "output_len": self.output_len,
+            "filters": self.filters,
+            "layers": self.n_layers,
+            "conv_kernel": self.conv_kernel,
+            "dilated_kernel": self.dilated_kernel,
+            "profile_kernel": self.profile_kernel,
+        }
+
+
+def bpnet_min_input_len(output_len: int, layers: int, conv_kernel: int, dilated_kernel: int,
+                        profile_kernel: int) -> int:
+    """Shortest input window (bp) for a BPNet with these settings to predict ``output_len`` bp."""
+    k = dilated_kernel - 1
+    return output_len + (conv_kernel - 1) + sum(k * 2**i for i in range(1, layers + 1)) + (profile_kernel - 1)

@@ -1,0 +1,102 @@
+"""BPNet: shapes, crop-early geometry, equivalence with bpnet-lite, embeddings, registry checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seq2reads.config import BPNetModel
+from seq2reads.errors import UserError
+from seq2reads.models.bpnet import BPNet
+from seq2reads.models.registry import build_model, check_window, min_input_len
+
+
+def _onehot(n, length, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, 4, (n, length), generator=g)
+    return torch.nn.functional.one_hot(idx, 4).permute(0, 2, 1).float()
+
+
+def test_shapes_and_min_input_len():
+    m = BPNet(n_cell_types=3, output_len=40, filters=8, layers=3, profile_kernel=25)
+    # 40 + 20 (conv0) + 2*(2+4+8) (dilated) + 24 (profile head)
+    assert m.min_input_len == 40 + 20 + 28 + 24
+    cfg = BPNetModel(filters=8, layers=3, profile_kernel=25)
+    assert min_input_len(cfg, 40) == m.min_input_len
+    prof, lc = m(_onehot(2, m.min_input_len))
+    assert prof.shape == (2, 3, 2, 40) and lc.shape == (2, 3)
+    with pytest.raises(ValueError, match="shorter"):
+        m(_onehot(1, m.min_input_len - 1))
+
+
+def test_default_architecture_is_2114_to_1000():
+    assert min_input_len(BPNetModel(), 1000) == 2114
+
+
+def test_longer_input_is_centre_cropped():
+    """A longer window gives exactly the prediction of its centre span (crop early)."""
+    m = BPNet(n_cell_types=2, output_len=30, filters=8, layers=2, profile_kernel=11).eval()
+    need = m.min_input_len
+    x = _onehot(2, need + 20)
+    with torch.no_grad():
+        p_long, c_long = m(x)
+        p_c, c_c = m(x[..., 10:10 + need])
+    torch.testing.assert_close(p_long, p_c)
+    torch.testing.assert_close(c_long, c_c)
+    # The centre crop follows loader.center_crop's rule: start = (L - length) // 2.
+    with torch.no_grad():
+        p_odd, _ = m(x[..., : need + 3])
+        p_ref, _ = m(x[..., 1 : 1 + need])
+    torch.testing.assert_close(p_odd, p_ref)
+
+
+def test_profile_matches_bpnet_lite_with_same_weights():
+    """Valid convolutions give bpnet-lite's (same-padding, cropped) profile exactly."""
+    bl = pytest.importorskip("bpnetlite.bpnet")
+    torch.manual_seed(0)
+    ref = bl.BPNet(n_filters=8, n_layers=3, n_control_tracks=0, verbose=False).eval()
+    out_len = 50
+    m = BPNet(n_cell_types=1, output_len=out_len, filters=8, layers=3).eval()
+    with torch.no_grad():
+        m.conv0.weight.copy_(ref.iconv.weight)
+        m.conv0.bias.copy_(ref.iconv.bias)
+        for a, b in zip(m.dil, ref.rconvs):
+            a.weight.copy_(b.weight)
+            a.bias.copy_(b.bias)
+        m.profile_head.weight.copy_(ref.fconv.weight)
+        m.profile_head.bias.copy_(ref.fconv.bias)
+        x = _onehot(3, out_len + 2 * ref.trimming, seed=1)
+        assert x.shape[-1] == m.min_input_len
+        p_ref, _ = ref(x)
+        p, _ = m(x)
+    torch.testing.assert_close(p[:, 0], p_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_embed_layers():
+    m = BPNet(n_cell_types=2, output_len=30, filters=8, layers=3, profile_kernel=11)
+    assert m.layer_names() == ["conv0", "dil1", "dil2", "dil3"]
+    x = _onehot(2, m.min_input_len)
+    e0 = m.embed(x, "conv0")
+    e3 = m.embed(x, "dil3")
+    assert e0.shape == (2, 8, m.min_input_len - 20)
+    assert e3.shape == (2, 8, 30 + 10)
+    with pytest.raises(ValueError, match="unknown layer"):
+        m.embed(x, "nope")
+
+
+def test_gradients_flow_to_all_parameters():
+    m = BPNet(n_cell_types=2, output_len=20, filters=8, layers=2, profile_kernel=11)
+    p, c = m(_onehot(4, m.min_input_len))
+    (p.square().mean() + c.square().mean()).backward()
+    assert all(q.grad is not None and torch.isfinite(q.grad).all() for q in m.parameters())
+
+
+def test_registry_build_and_short_window():
+    cfg = BPNetModel(filters=8, layers=3, profile_kernel=25)
+    m = build_model(cfg, n_cell_types=2, input_len=200, output_len=100)
+    assert isinstance(m, BPNet) and m.n_cell_types == 2
+    need = min_input_len(cfg, 100)
+    with pytest.raises(UserError, match=f"at least {need} bp"):
+        check_window(cfg, need - 1, 100)
+    with pytest.raises(UserError, match=f"at least {need} bp"):
+        build_model(cfg, 2, need - 1, 100)
