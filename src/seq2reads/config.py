@@ -132,7 +132,7 @@ class EncoderModel(Section):
     read_loss: Literal["rms", "multinomial"] = "rms"
     balance: bool = True
     balance_smoothing: float = Field(0.9, ge=0, lt=1)
-    balance_clamp: list[float] = Field(default_factory=lambda: [0.01, 100.0])
+    balance_clamp: list[float] = Field(default_factory=lambda: [0.001, 1000.0])
     count_weight: float | None = Field(None, ge=0)
 
     @model_validator(mode="after")

@@ -8,9 +8,10 @@ Losses are computed on masked positions only:
 
 - reads, profile: the predicted profile is the softmax of the logits over the masked (and
   loss-mask kept) positions of both strands, the observed one is the counts there normalised to sum
-  to one. ``rms`` (default) is the root over examples of the mean squared L2 distance between the
-  two distributions, ``multinomial`` the multinomial NLL of the masked counts (nats per example,
-  constant dropped). Examples with no observed reads on their masked positions are skipped.
+  to one. ``rms`` (default) is the root mean square of their difference in units of the uniform
+  level ``1/n`` (``n`` kept positions x strands), i.e. ``sqrt(mean over examples of n * ||p - q||^2)``
+  (0 = perfect; a flat prediction of a single-position peak gives about ``sqrt(n)``);
+  ``multinomial`` the multinomial NLL of the masked counts (nats per example, constant dropped). Examples with no observed reads on their masked positions are skipped.
 - reads, count: squared error between the predicted and observed ``log(1 + total count)`` of the
   central output window (loss-mask kept positions), on every example.
 - sequence: cross-entropy over A C G T at masked positions holding a base (N excluded).
@@ -109,7 +110,11 @@ def profile_loss(
         raise ValueError(f"unknown read loss {kind!r}: use 'rms' or 'multinomial'")
     p = logp.exp()
     q = y / total[ok].view(-1, 1, 1)
-    sq = ((p - q) ** 2).flatten(1).sum(1)  # squared L2 distance between the two distributions
+    # In units of the uniform level 1/n (n kept entries): mean over kept entries of ((p - q) n)^2
+    # = n * ||p - q||^2. Without the factor the loss and its gradients shrink as 1/n with the
+    # window (softmax Jacobian ~ p ~ 1/n) and fall outside the balancing's clamp.
+    n_keep = keep3[ok].flatten(1).sum(1).float()
+    sq = n_keep * ((p - q) ** 2).flatten(1).sum(1)
     return torch.sqrt(sq.mean() + 1e-12), n
 
 
