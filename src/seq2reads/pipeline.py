@@ -260,6 +260,8 @@ def run_all(cfg: Config, from_step: str | None = None, only_step: str | None = N
     log(f"[seq2reads] run finished in {_fmt_seconds(time.time() - t0)}: {cfg.run_path}")
     if out is None and (cfg.run_path / "report.html").exists():
         out = cfg.run_path / "report.html"
+    if out is not None and Path(out).name == "report.html":
+        log(f"[seq2reads] report: {out}")
     return out
 
 

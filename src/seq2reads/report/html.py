@@ -396,14 +396,30 @@ def _example_windows(tot: np.ndarray, n: int) -> list[int]:
     return chosen[:n]
 
 
-def _find_logo(logos: Path, pattern: str) -> str | None:
-    if not logos.exists():
-        return None
-    key = str(pattern).replace("/", "_").replace(" ", "_")
-    for cand in (logos / f"{key}.png", *sorted(logos.glob(f"{key}*.png")), *sorted(logos.glob(f"*{key}*.png"))):
-        if cand.exists():
-            return plots.png_file_to_uri(cand)
-    return None
+def _find_logo(logos: Path, name: str) -> str | None:
+    """The logo PNG of a pattern (``logos/{cell}.{target}.{pattern}.png``) as a data URI."""
+    p = logos / f"{name}.png"
+    return plots.png_file_to_uri(p) if p.exists() else None
+
+
+def _match_cell(row: pd.Series, i: int) -> str:
+    mid, name, q = row.get(f"match{i}_id"), row.get(f"match{i}_name"), row.get(f"match{i}_q")
+    if not isinstance(mid, str) or not mid:
+        return "–"
+    strong = isinstance(q, float) and q < 0.05
+    txt = f"{esc(name)} <span class=\"note\">{esc(mid)}, q={fmt(q, 2)}</span>"
+    return f"<b>{txt}</b>" if strong else txt
+
+
+def _planted(cfg: Config) -> list[dict]:
+    """Planted motifs of simulated data (``truth.json``), or [] for real data."""
+    if not cfg.truth or not Path(cfg.truth).exists():
+        return []
+    try:
+        truth = json.loads(Path(cfg.truth).read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    return [m for m in truth.get("motifs", []) if isinstance(m, dict) and m.get("jaspar_id")]
 
 
 def section_motifs(cfg: Config, run: Path) -> str:
@@ -413,19 +429,54 @@ def section_motifs(cfg: Config, run: Path) -> str:
     if not tsv.exists():
         raise Missing("no motifs.tsv: run `seq2reads motifs RUN` (after `seq2reads attribute RUN`).")
     df = read_tsv(tsv)
+    summary = {}
+    if (mdir / "summary.json").exists():
+        summary = json.loads((mdir / "summary.json").read_text())
+    parts = []
     if df.empty:
-        return "<p>TF-MoDISco found no patterns in the attributions (the table is empty).</p>"
-    pcol = next((c for c in ("pattern", "name", "motif") if c in df.columns), df.columns[0])
-    logos = mdir / "logos"
-    df.insert(0, "logo", [_find_logo(logos, p) or "" for p in df[pcol]])
-    n_logo = int((df["logo"] != "").sum())
-    parts = [f"<p>{len(df)} patterns from TF-MoDISco on the attributions, each compared with TOMTOM to the "
-             f"JASPAR CORE vertebrates collection ({esc(cfg.interpret.motif_db)}); {n_logo} with logos.</p>",
-             df_table(df, max_rows=40, image_cols=("logo",))]
+        parts.append("<p>TF-MoDISco found no patterns in the attributions (the table is empty).</p>")
+    else:
+        have = {"cell_type", "target", "pattern"} <= set(df.columns)
+        rows = []
+        for _, r in df.iterrows():
+            name = f"{r['cell_type']}.{r['target']}.{r['pattern']}" if have else str(r.iloc[0])
+            uri = _find_logo(mdir / "logos", name)
+            logo = f'<img class="logo" src="{uri}" alt="{esc(name)}">' if uri else "–"
+            rows.append([logo, r.get("cell_type", ""), r.get("target", ""), r.get("pattern", ""),
+                         r.get("n_seqlets", np.nan), _match_cell(r, 1), _match_cell(r, 2),
+                         r.get("centre_offset_median", np.nan), r.get("strand_bias", np.nan)])
+        parts.append(
+            f"<p>{len(df)} patterns from TF-MoDISco on the attributions, each compared with TOMTOM to JASPAR "
+            f"CORE vertebrates non-redundant ({esc(summary.get('motif_db', cfg.interpret.motif_db))}); "
+            "bold matches have q &lt; 0.05. Offset: median seqlet centre relative to the window centre (bp); "
+            "strand: fraction of seqlets on the strand of transcription.</p>"
+            + table(rows, ["logo", "cell type", "target", "pattern", "seqlets", "best match", "second match",
+                           "offset", "strand"], cls="motifs", raw_cols=(0, 5, 6)))
+    if summary.get("no_patterns"):
+        parts.append(f'<p class="note">No patterns for: {esc(", ".join(summary["no_patterns"]))}.</p>')
     shared = mdir / "shared.tsv"
     if shared.exists():
         sdf = read_tsv(shared)
-        parts.append("<h3>Shared and cell-type-specific patterns</h3>" + df_table(sdf, max_rows=40))
+        if not sdf.empty:
+            keep = [c for c in ("match_name", "match_id", "sign", "category", "n_cell_types", "cell_types", "patterns")
+                    if c in sdf.columns]
+            parts.append("<h3>Shared and cell-type-specific patterns</h3>" + df_table(sdf[keep] if keep else sdf, 30))
+    planted = _planted(cfg)
+    if planted and not df.empty:
+        ids = [c for c in df.columns if c.endswith("_id") and c.startswith("match")]
+        rows = []
+        for m in planted:
+            base = str(m["jaspar_id"]).split(".")[0]
+            hit = df[[any(str(v).split(".")[0] == base for v in r[ids]) for _, r in df.iterrows()]] if ids else df.iloc[:0]
+            best = df[df.get("match1_id", pd.Series("", index=df.index)).astype(str).str.split(".").str[0] == base]
+            rows.append([m.get("name", ""), m["jaspar_id"], m.get("role", ""), ", ".join(m.get("cell_types", [])),
+                         int(m.get("n_instances", 0)),
+                         ", ".join(sorted(set(best["cell_type"]))) if len(best) and "cell_type" in best else "–",
+                         len(hit)])
+        parts.append("<h3>Planted motifs (simulated data)</h3>"
+                     "<p class=\"note\">Which planted JASPAR matrices come back as a pattern's best match, and in "
+                     "which cell types' attributions.</p>"
+                     + table(rows, ["TF", "JASPAR", "role", "active in", "instances", "best match in", "patterns matching"]))
     return "".join(parts)
 
 
@@ -436,16 +487,31 @@ def section_marginalize(cfg: Config, run: Path) -> str:
         raise Missing("no marginalisation: run `seq2reads marginalize RUN --motif ID...` "
                       "(e.g. the JASPAR IDs of motifs you expect).")
     parts = ["<p>Each motif's consensus inserted at the centre of background sequences; the change in the "
-             "predicted log total count and profile per cell type and strand.</p>"]
+             "model's predicted log total count and expected reads per cell type and strand.</p>"]
+    eff = mdir / "effects.tsv"
+    pngs = sorted(mdir.glob("*.png"), key=lambda f: (f.name != "log_counts.png", f.name.startswith("probes"), f.name))
+    for f in pngs:
+        if f.name.startswith("probes"):
+            continue
+        if uri := plots.png_file_to_uri(f):
+            parts.append(figure(uri, f.stem.replace(".profile", ": profile change").replace("_", " ")))
+    if eff.exists():
+        df = read_tsv(eff)
+        parts.append("<details><summary>Effect table (effects.tsv)</summary>" + df_table(df, max_rows=60) + "</details>")
     for f in sorted(mdir.glob("*.tsv")):
-        parts.append(f"<h3>{esc(f.name)}</h3>" + df_table(read_tsv(f), max_rows=40))
-    for f in sorted(mdir.glob("*.png")):
-        uri = plots.png_file_to_uri(f)
-        if uri:
-            parts.append(figure(uri, f.stem.replace("_", " ")))
+        if f.name != "effects.tsv":
+            parts.append(f"<h3>{esc(f.name)}</h3>" + df_table(read_tsv(f), max_rows=40))
+    probes = [f for f in pngs if f.name.startswith("probes")]
+    if probes:
+        parts.append("<h3>Random-variation probes</h3><p>Predicted log counts on real peaks, their dinucleotide "
+                     "shuffles and random sequences: what the model does where the data did not pin it down.</p>")
+        parts += [figure(u) for f in probes if (u := plots.png_file_to_uri(f))]
     if len(parts) == 1:
         raise Missing(f"{mdir} holds no tables or figures.")
     return "".join(parts)
+
+
+SAE_METRICS = ("fvu", "mean_l0", "dead_fraction", "delta_loss", "delta_loss_rel", "loss", "loss_sae", "vectors_per_s")
 
 
 def section_sae(cfg: Config, run: Path) -> str:
@@ -457,18 +523,25 @@ def section_sae(cfg: Config, run: Path) -> str:
     mp = sdir / "metrics.json"
     if mp.exists():
         m = json.loads(mp.read_text())
-        flat = [(k, v) for k, v in _flatten(m) if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
-        parts.append("<h3>Sparse autoencoder</h3>" + table([[k, v] for k, v in flat], ["quantity", "value"]))
+        flat = dict((k, v) for k, v in _flatten(m) if isinstance(v, (int, float, str)) and not isinstance(v, bool))
+        main_rows = [[k, flat[k]] for k in SAE_METRICS if k in flat]
+        rest = [[k, v] for k, v in flat.items() if k not in SAE_METRICS]
+        parts.append("<p>A sparse autoencoder on the model's per-position embeddings. FVU: fraction of variance "
+                     "unexplained; L0: active latents per position; delta loss: change in the model's own loss "
+                     "when the layer's activations are replaced by the SAE reconstruction.</p>"
+                     '<div class="cols"><div>' + table(main_rows, ["quantity", "value"]) + "</div><div>"
+                     "<details><summary>Settings and other values</summary>" + table(rest, ["key", "value"]) +
+                     "</details></div></div>")
     hp = sdir / "heatmap.png"
     if hp.exists() and (uri := plots.png_file_to_uri(hp)):
-        parts.append(figure(uri, "Latent × cell-type enrichment (log-odds)", cls="wide"))
+        parts.append(figure(uri, "Latent × cell-type enrichment (log-odds of being active in each cell type)"))
     fp = sdir / "features.tsv"
     if fp.exists():
         df = read_tsv(fp)
-        qcol = next((c for c in df.columns if c in ("q", "enrichment_q", "qvalue", "q_value")), None)
-        if qcol is not None:
-            df = df.sort_values(qcol, kind="stable")
-        parts.append(f"<h3>Top features ({len(df)} latents)</h3>" + df_table(df, max_rows=20))
+        keep = [c for c in ("latent", "frequency", "top_cell_type", "log_odds", "q", "best_match_name",
+                            "best_match_id", "match_q", "planted_motif", "planted_window_frac",
+                            "attr_seq", "attr_reads", "attr_cell") if c in df.columns]
+        parts.append(f"<h3>Top features (of {len(df)} latents)</h3>" + df_table(df[keep] if keep else df, max_rows=20))
     for f in sorted(sdir.glob("*.png")):
         if f.name != "heatmap.png" and (uri := plots.png_file_to_uri(f)):
             parts.append(figure(uri, f.stem.replace("_", " ")))
