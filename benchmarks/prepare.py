@@ -8,7 +8,8 @@ BED), then in one run times
   sample (already the fast per-region call), and a per-read ``pysam`` loop over the region; the
   arrays are only computed, not written anywhere (which favours the naive side);
 - naive (list): the same with pyBigWig's default ``values()`` returning a Python list, the call
-  most scripts use.
+  most scripts use;
+- extract only: prepare's own tasks without the Zarr writes, to show where the time goes.
 
 Wall times depend on the machine's load (the 2-core box this runs on is shared), so CPU times are
 reported too (prepare's includes its worker processes).
@@ -166,6 +167,18 @@ def naive(cfg, S: int, numpy_values: bool = True) -> tuple[float, float, dict]:
     return spent, cpu, digests
 
 
+def extract_only(cfg, workers: int) -> tuple[float, float]:
+    """prepare's extraction (same tasks, blocks and workers) without writing the store: (wall s, CPU s)."""
+    from seq2reads.data import store
+
+    inp = store.open_inputs(cfg)
+    win, _ = store.build_windows(cfg, inp, seed=cfg.train.seed)
+    chunk = store._chunk_rows(len(cfg.samples) * 2 * store.span_of(cfg.window) * 4)
+    t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
+    store.run_tasks(cfg, inp, win, None, chunk, workers)
+    return time.perf_counter() - t0, time.process_time() - c0 + _children_cpu() - k0
+
+
 def _children_cpu() -> float:
     import resource
 
@@ -213,8 +226,9 @@ def main(argv=None) -> dict:
     import pyBigWig, pyfaidx, pysam, zarr  # noqa: F401,E401 - imports outside both timings
 
     # Interleaved repeats so both sides see the same machine load; medians are reported.
-    preps, naives = [], []
+    preps, naives, extracts = [], [], []
     for _ in range(a.repeats):
+        extracts.append(extract_only(cfg, a.workers))
         t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
         prepare(cfg, workers=a.workers, progress=False)
         # workers are reaped when the pool closes, so their CPU time is in RUSAGE_CHILDREN
@@ -224,9 +238,13 @@ def main(argv=None) -> dict:
     prep_s, prep_cpu = (float(np.median([x[i] for x in preps])) for i in (0, 1))
     naive_s, naive_cpu = (float(np.median([x[i] for x in naives])) for i in (0, 1))
     list_s, list_cpu, list_d = naive(cfg, S, numpy_values=False)
+    ext_s, ext_cpu = (float(np.median([x[i] for x in extracts])) for i in (0, 1))
     ours = store_digests(cfg.run_path)
     identical = ours == naive_d == list_d
     n = len(naive_d)
+    from seq2reads.data.genome import Genome
+
+    genome_mb = round(sum(Genome(cfg.genome).chroms.values()) / 1e6, 1)
     res = {
         "benchmark": "prepare",
         "metric": "windows_per_s",
@@ -234,7 +252,7 @@ def main(argv=None) -> dict:
         "span_bp": S,
         "cell_types": len(cfg.samples),
         "inputs": "2 stranded bigWig pairs + 1 BAM (pro-seq preset), "
-                  f"{a.genome_mb:g} Mb genome, {a.regions} regions",
+                  f"{genome_mb:g} Mb genome, {n} regions",
         "repeats": a.repeats,
         "prepare_s": round(prep_s, 3),
         "naive_s": round(naive_s, 3),
@@ -246,6 +264,9 @@ def main(argv=None) -> dict:
         "cpu_time_ratio": round(naive_cpu / prep_cpu, 2),
         "prepare_s_all": [round(x[0], 3) for x in preps],
         "naive_s_all": [round(x[0], 3) for x in naives],
+        "extract_only_s": round(ext_s, 3),
+        "extract_only_cpu_s": round(ext_cpu, 3),
+        "extract_only_speedup": round(naive_s / ext_s, 2),
         "naive_list_values_s": round(list_s, 3),
         "speedup_vs_list_values": round(list_s / prep_s, 2),
         "load_average_1min": round(os.getloadavg()[0], 2),
