@@ -1,8 +1,11 @@
 """Per-latent analysis of a trained SAE: thresholds, top windows, cell-type enrichment, attributions
 and motifs (SPEC.md, "Sparse autoencoders").
 
-- **Threshold**: a normal is fitted to each latent's activations over *all* vectors (zeros
-  included; streaming sums), and a latent counts as "on" where it exceeds mean + 3 sigma.
+- **Threshold**: a normal is fitted (streaming sums over *all* vectors of the store) to each
+  latent's activations where it fires (z > 0; the zeros of TopK/ReLU are "not active", not small
+  activations, and including them puts the threshold so low that the maximum over a window's
+  hundreds of positions nearly always exceeds it), and a latent counts as "on" where it exceeds
+  mean + 3 sigma of that normal.
 - **Units of enrichment**: (window, cell type) pairs. For the encoder every window is embedded once
   per cell type, so a pair is "window w run as cell type c"; for the CNN (whose embeddings do not
   depend on the cell type) each window appears once, labelled with its most active cell type. A
@@ -55,7 +58,7 @@ class LatentStats:
     Attributes
     ----------
     mean, std : float64 (n,)
-        Normal fitted to each latent's activations over all vectors.
+        Normal fitted to each latent's firing (> 0) activations over all vectors.
     frequency : float64 (n,)
         Fraction of vectors where the latent fires (> 0).
     pair_max : float32 (P, n)
@@ -111,7 +114,7 @@ def latent_stats(sae: SparseAutoencoder, store: ActivationStore, n_cells: int, b
             z = sae.encode(torch.from_numpy(blk["x"][b:b + batch_size]))
             p = torch.from_numpy(pair[b:b + batch_size])
             pos = torch.from_numpy(blk["pos"][b:b + batch_size]).to(torch.int32)
-            zd = z.double()
+            zd = z.double()  # zeros add nothing to the sums: moments of the firing activations
             s1 += zd.sum(0)
             s2 += zd.pow(2).sum(0)
             fired += (z > 0).sum(0)
@@ -126,8 +129,9 @@ def latent_stats(sae: SparseAutoencoder, store: ActivationStore, n_cells: int, b
             better = cmax > pmax[uniq]
             pmax[uniq] = torch.where(better, cmax, pmax[uniq])
             ppos[uniq] = torch.where(better, cpos, ppos[uniq])
-    mean = (s1 / max(total, 1)).numpy()
-    var = (s2 / max(total, 1)).numpy() - mean**2
+    nz = fired.clamp_min(1)
+    mean = (s1 / nz).numpy()
+    var = (s2 / nz).numpy() - mean**2
     return LatentStats(mean=mean, std=np.sqrt(np.maximum(var, 0)), frequency=(fired / max(total, 1)).numpy(),
                        pair_max=pmax.numpy(), pair_pos=ppos.numpy(), present=present, n_cells=n_cells)
 
@@ -242,7 +246,9 @@ def latent_function(model, sae: SparseAutoencoder, layer: str, latent: int, pos:
 
     def f(seq, reads=None, cell=None):
         emb = model.embed(seq, layer, reads=reads, cell=cell) if model_type == "encoder" else model.embed(seq, layer)
-        h = emb[torch.arange(emb.shape[0]), :, pos]           # (N, D)
+        # integrated_gradients stacks path points as rows (point, example): repeat the positions
+        p = pos.to(emb.device).repeat(emb.shape[0] // len(pos))
+        h = emb[torch.arange(emb.shape[0]), :, p]             # (rows, D)
         x = (h.float() - mu) / scale
         return torch.relu((x - sae.b_dec) @ w + b)
 
@@ -270,11 +276,12 @@ def latent_attributions(model, sae: SparseAutoencoder, layer: str, latent: int, 
             C1 = torch.nn.functional.one_hot(cells[s:s + chunk].long(), n_cells).float()
             grads, attrs, delta = integrated_gradients(
                 f, [Xc, Rc, C1], [Xb, torch.zeros_like(Rc), torch.full_like(C1, 1.0 / n_cells)], steps)
-            out["reads_attr"].append(attrs[1].detach().numpy())
-            out["cell_attr"].append(attrs[2].detach().numpy())
+            out["reads_attr"].append(attrs[0][1].detach().numpy())
+            out["cell_attr"].append(attrs[0][2].detach().numpy())
         else:
             grads, attrs, delta = integrated_gradients(lambda q: f(q), [Xc], [Xb], steps)
-        g = grads[0]
+        g = grads[0][0]
+        delta = delta[:, 0] if delta.dim() == 2 else delta
         hyp = g - (Xb * g).sum(dim=1, keepdim=True)  # hypothetical contributions, as in interpret
         out["attr"].append(hyp.detach().numpy())
         out["delta"].append(delta.numpy())
@@ -330,7 +337,7 @@ def plot_heatmap(enr: pd.DataFrame, best: pd.DataFrame, labels: dict[int, str], 
     ax.set_xticks(range(len(cells)), cells, rotation=45, ha="right")
     ax.set_yticks(range(len(mat)), [f"{i} {labels.get(int(i), '')}".strip() for i in mat.index], fontsize=7)
     ax.set_xlabel("cell type")
-    ax.set_ylabel("SAE latent (best motif match)")
+    ax.set_ylabel("SAE latent (JASPAR match; ~ = planted motif at top positions)")
     ax.set_title("latent enrichment (log odds)")
     fig.colorbar(im, ax=ax, shrink=0.6, label="log odds")
     fig.tight_layout()

@@ -71,7 +71,7 @@ def build_store(cfg, model, ds, layer: str, mhash: str, path: Path, progress: bo
         if writer is None:
             raise UserError("no windows to embed: the dataset is empty; rerun `seq2reads prepare`.")
         length = writer.length
-        stride = max(1, ds.input_len // length)
+        stride = int(getattr(cfg.model, "patch", 1))  # encoder tokens cover `patch` bp; CNN: 1 bp
         writer.close(rows, heldout, {"stride": stride, "offset": (ds.input_len - length * stride) // 2})
     return open_store(path, mhash, layer)
 
@@ -134,8 +134,12 @@ def sae_run(cfg, progress: bool = True) -> Path:
     val_rows = store.heldout_windows[:64]
     fn = sae_replacement(sae, store.mean, store.scale)
     cw = getattr(cfg.model, "count_weight", None)
+    if cw is None:
+        from seq2reads.models.losses import count_weight_from_data
+
+        cw = count_weight_from_data(ds.attrs["count_stats"], len(ds.samples))
     delta = model_loss_delta(model, cfg.model.type, layer, fn, iter_batches(ds, val_rows, batch_size=16),
-                             store.d, ds.output_len, count_weight=1.0 if cw is None else cw,
+                             store.d, ds.output_len, count_weight=cw,
                              read_loss=getattr(cfg.model, "read_loss", "rms"))
     save_sae(sae, out, {"layer": layer, "model_hash": mhash, "model_type": cfg.model.type,
                         "mean": store.mean.tolist(), "scale": store.scale, "store": str(store.path)})
@@ -217,7 +221,7 @@ def analyse_features(cfg, model, sae, store, ds, layer: str, out: Path, progress
             if lat in selected and len(tp):
                 row.update(_analyse_latent(cfg, model, sae, store, ds, layer, lat, wins, cl, pos, bp, db,
                                            attr_dir, iter_batches))
-                labels[lat] = row["best_match_name"] or row["planted_motif"]
+                labels[lat] = row["best_match_name"] or (f"~{row['planted_motif']}" if row["planted_motif"] else "")
                 for r, (w, c, p_, b_) in enumerate(zip(wins, cl, pos, bp)):
                     top_rows.append({"latent": lat, "rank": r, "window": int(w), "chrom": regions["chrom"].iloc[w],
                                      "start": int(regions["start"].iloc[w]) + ds.jitter + int(b_),

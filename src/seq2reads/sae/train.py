@@ -209,29 +209,56 @@ def _call_with_replacement(model, layer: str, fn, d: int, call):
         return fn(h)
 
     if "intervene" in inspect.signature(model.forward).parameters:
-        return call({layer: adapt})
-    module = model.get_submodule(layer)
-
-    def hook(_module, _inputs, output):
-        if isinstance(output, tuple):
-            return (adapt(output[0]), *output[1:])
-        return adapt(output)
-
-    handle = module.register_forward_hook(hook)
+        return call({layer: fn})
+    handles = _replacement_hooks(model, layer, adapt)
     try:
         return call(None)
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
+
+
+def _replacement_hooks(model, layer: str, adapt) -> list:
+    """Forward hooks that replace ``layer``'s output for models without ``intervene``.
+
+    A layer that is a sub-module gets one hook on its output. BPNet's residual layers ``dil{i}``
+    (``h[crop] + relu_i(conv_i(h))``, an addition that is no module) get a pre-hook on ``dil[i-1]``
+    that remembers its input ``h`` and a hook on ``relus[i-1]`` that returns
+    ``fn(h[crop] + y) - h[crop]``, so the model's own addition yields ``fn(layer output)``;
+    ``conv0`` is the output of ``relu0``.
+    """
+    names = dict(model.named_modules())
+    if layer in names and layer != "":
+        def hook(_m, _i, out):
+            return (adapt(out[0]), *out[1:]) if isinstance(out, tuple) else adapt(out)
+        return [names[layer].register_forward_hook(hook)]
+    if layer == "conv0" and "relu0" in names:
+        return [names["relu0"].register_forward_hook(lambda _m, _i, out: adapt(out))]
+    if layer.startswith("dil") and hasattr(model, "dil") and hasattr(model, "relus"):
+        i = int(layer[3:]) - 1
+        saved = {}
+
+        def pre(_m, inputs):
+            saved["h"] = inputs[0]
+
+        def post(_m, _i, y):
+            h = saved["h"]
+            s = (h.shape[-1] - y.shape[-1]) // 2
+            hc = h[..., s:s + y.shape[-1]]
+            return adapt(hc + y) - hc
+
+        return [model.dil[i].register_forward_pre_hook(pre), model.relus[i].register_forward_hook(post)]
+    raise ValueError(f"cannot replace layer {layer!r} of {type(model).__name__}: no intervene and no such module")
 
 
 @torch.no_grad()
 def model_loss_delta(model, model_type: str, layer: str, fn, batches, d: int, output_len: int,
-                     count_weight: float = 1.0, read_loss: str = "rms") -> dict:
+                     count_weight: float | list[float] = 1.0, read_loss: str = "rms") -> dict:
     """The model's own loss on ``batches`` with and without ``layer`` replaced by ``fn``.
 
-    CNN: ``forward(X)`` scored with the training losses of :mod:`seq2reads.models.losses`
-    (multinomial NLL of the stranded profile + ``count_weight`` x MSE of log(1 + total), per cell
-    type, masked positions excluded). Encoder: the same inputs the activation store was built from
+    CNN: ``forward(X)`` scored with its training loss,
+    :func:`seq2reads.models.losses.combined_loss` (multinomial NLL of the stranded profile +
+    ``count_weight`` (per cell type) x MSE of log(1 + total), masked positions excluded). Encoder: the same inputs the activation store was built from
     (sequence, each cell type's reads and its index, nothing hidden) through ``encode``, scored
     with the encoder's own read losses (:func:`seq2reads.models.heads.profile_loss` with
     ``read_loss`` over the loss mask + ``count_weight`` x :func:`~seq2reads.models.heads.count_loss`).
@@ -255,16 +282,17 @@ def model_loss_delta(model, model_type: str, layer: str, fn, batches, d: int, ou
                         X, sig[:, c], cells, intervene=iv))
                     pl, _ = profile_loss(out["profile_logits"], sig[:, c], mask, kind=read_loss)
                     cl, _ = count_loss(out["log_count"], sig[:, c], mask, output_len)
-                    total += float(pl) + count_weight * float(cl)
+                    w = count_weight[c] if isinstance(count_weight, (list, tuple)) else count_weight
+                    total += float(pl) + w * float(cl)
                 tot[key] += total / sig.shape[1] * X.shape[0]
             else:
-                from seq2reads.models.losses import log_count_mse, multinomial_nll
+                from seq2reads.models.losses import combined_loss
 
                 prof, lc = _call_with_replacement(model, layer, f, d, lambda iv: model(X) if iv is None
                                                   else model(X, intervene=iv))
                 y = center_crop(sig, output_len)
                 m = center_crop(mask, output_len)
-                loss = multinomial_nll(prof, y, m) + count_weight * log_count_mse(lc, y, m)
+                loss, _, _ = combined_loss(prof, lc, y, m, torch.as_tensor(count_weight, dtype=torch.float32))
                 tot[key] += float(loss) * X.shape[0]
         n += X.shape[0]
     base, rep = tot["loss"] / max(n, 1), tot["loss_sae"] / max(n, 1)
