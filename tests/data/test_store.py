@@ -256,6 +256,9 @@ BAD_INPUTS = {
     "gzip not bgzip FASTA": (lambda d: _edit_config(d / "config.yaml", genome=_plain_gzip_genome(d)), "bgzip"),
     "BAM without index": (lambda d: (d / "C.bam.bai").unlink(), "samtools index"),
     "config typo": (lambda d: _edit_config(d / "config.yaml", windw={"input": 100}), "Did you mean 'window'"),
+    "no training regions": (lambda d: _edit_config(d / "config.yaml", splits={"valid": ["chr1", "chr2"],
+                                                                              "test": ["chr3", "chr4"]}),
+                            "training chromosome"),
     "splits on absent chromosomes": (lambda d: _edit_config(d / "config.yaml", splits={"valid": ["8"], "test": ["4"]}),
                                      "splits.valid"),
 }
@@ -292,7 +295,7 @@ def test_region_past_chromosome_end(tmp_path, caplog):
     with open(tmp_path / "regions.bed", "a") as f:
         f.write(f"chr2\t{L - 30}\t{L}\tend\nchr3\t0\t20\tstart\n")
     assert main(["prepare", str(tmp_path / "config.yaml")]) == 0
-    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    warned = [r.getMessage() for r in caplog.records if "past a chromosome end" in r.getMessage()]
     assert len(warned) == 1 and "2 region window(s) extend past a chromosome end" in warned[0]
     ds = open_dataset(tmp_path / "run")
     assert ds.attrs["n_past_chrom_end"] == 2
@@ -306,6 +309,16 @@ def test_region_past_chromosome_end(tmp_path, caplog):
         assert (ds.seq[w][outside] == 4).all() and (ds.seq[w][~outside] != 4).all()
         assert (ds.signal[w][..., outside] == 0).all()
         assert not ds.mask[w][outside].any() and ds.mask[w][~outside].all()
+
+
+def test_empty_split_warns(tmp_path, caplog):
+    make_inputs(tmp_path, n_regions=6, bam=False, replicate=False)
+    _edit_config(tmp_path / "config.yaml", splits={"valid": ["chrX"], "test": ["chr4"]})  # chrX: not in genome
+    assert main(["prepare", str(tmp_path / "config.yaml")]) == 2  # no valid chromosome in the genome at all
+    _edit_config(tmp_path / "config.yaml", splits={"valid": ["chr3", "chrX"], "test": ["chr4"]})
+    (tmp_path / "regions.bed").write_text("chr1\t100\t300\nchr2\t100\t300\nchr4\t100\t300\n")
+    assert main(["prepare", str(tmp_path / "config.yaml")]) == 0
+    assert any("no region lies on the valid chromosomes" in r.getMessage() for r in caplog.records)
 
 
 def test_prepare_bgzip_genome_and_rerun_replaces(tmp_path):

@@ -105,6 +105,17 @@ def open_inputs(cfg) -> Inputs:
     check_chrom_names(genome.chroms, peaks["chrom"], track_chroms, cfg.splits,
                       exclude["chrom"] if exclude is not None else (), regions_label=f"regions ({Path(cfg.regions).name})")
     peaks = assign_splits(peaks, cfg.splits)
+    n_split = peaks["split"].value_counts()
+    if not n_split.get("train", 0):
+        raise UserError(
+            f"no region lies on a training chromosome: all are on splits.valid/test chromosomes "
+            f"({', '.join(cfg.splits.valid + cfg.splits.test)}); leave some chromosomes with regions for training."
+        )
+    for split in ("valid", "test"):
+        if not n_split.get(split, 0):
+            log.warning("seq2reads prepare: warning: no region lies on the %s chromosomes (%s): that split is "
+                        "empty; set splits.%s to chromosomes with regions", split,
+                        ", ".join(getattr(cfg.splits, split)) or "none given", split)
     return Inputs(genome, tracks, reps, peaks, exclude)
 
 
