@@ -313,6 +313,9 @@ def background_windows(
             if c in forbidden and sel.any():
                 ok[sel] = ~_overlaps(*forbidden[c], starts[sel], starts[sel] + span)
         which, starts = which[ok], starts[ok]
+        _, first = np.unique(which * (1 << 40) + starts, return_index=True)  # no window drawn twice
+        keep = np.sort(first)
+        which, starts = which[keep], starts[keep]
         # Candidates sorted by position so sequence is read in order; GC computed per window.
         gcs = np.full(len(starts), np.nan, np.float32)
         for j, c in enumerate(cands):
