@@ -186,3 +186,111 @@ def test_masking_bounds_outside_0_1_exit_2(tmp_path, capsys, key, value):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and (f"model.{key}" in err or "masking bounds" in err), err
     assert not (tmp_path / "run").exists()
+
+
+# -- on a real prepared + trained run (shared session fixture) ----------------------------------
+@pytest.fixture(scope="module")
+def enc_run(request, sim_dir, tmp_path_factory):
+    """The shared ``encoder_run``; if its config cannot be built (``--set model.type=encoder`` on
+    the simulator's bpnet model section leaves bpnet-only keys), the same small run built from the
+    simulator's config with its model section replaced."""
+    try:
+        return request.getfixturevalue("encoder_run")
+    except UserError as e:
+        if "unknown key 'model." not in str(e):
+            raise
+    import yaml
+
+    from seq2reads.config import load_config
+    from seq2reads.data.store import prepare
+    from seq2reads.training.trainer import train
+    from tests.conftest import SMALL, SMALL_ENCODER
+
+    raw = yaml.safe_load((sim_dir / "config.yaml").read_text())
+    raw["model"] = {"type": "encoder"}
+    path = sim_dir / "config.encoder-tests.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    run = tmp_path_factory.mktemp("runs") / "encoder"
+    cfg = load_config(path, [*SMALL, f"run_dir={run}", *SMALL_ENCODER])
+    prepare(cfg, progress=False)
+    train(cfg)
+    return cfg
+
+
+def test_encoder_run_trains_logs_and_reloads(enc_run):
+    import numpy as np
+    import pandas as pd
+
+    from seq2reads.data.loader import iter_batches
+    from seq2reads.data.store import open_dataset
+    from seq2reads.models.io import load_model
+
+    run = enc_run.run_path
+    df = pd.read_csv(run / "logs" / "metrics.csv")
+    for col in ("train/loss_reads", "train/loss_count", "train/loss_seq", "train/w_seq", "train/w_count",
+                "train/w_cell", "val/loss"):
+        assert col in df.columns and df[col].notna().any(), col
+    steps = df.dropna(subset=["train/loss_reads"])
+    assert (steps["train/w_reads"] == 1.0).all()
+    lo, hi = enc_run.model.balance_clamp
+    assert steps["train/w_seq"].between(lo * 0.999, hi * 1.001).all()
+    model = load_model(run)
+    assert type(model).__name__ == "MaskedEncoder" and model.patch == 4
+    store = open_dataset(run / "dataset")
+    batch = next(iter_batches(store, store.indices("test")[:4], 4))
+    with torch.no_grad():
+        prof, lc = model(batch["seq"])
+    assert prof.shape == (4, len(store.samples), 2, store.output_len) and lc.shape == (4, len(store.samples))
+    assert np.isfinite(prof.numpy()).all()
+    emb = model.embed(batch["seq"], "block1", reads=batch["signal"][:, 0], cell=0)
+    assert emb.shape == (4, 32, store.input_len // 4)
+
+
+def test_masked_metrics_on_the_trained_run(enc_run):
+    from seq2reads.data.store import open_dataset
+    from seq2reads.evaluation.masked import masked_metrics
+    from seq2reads.models.io import load_model
+
+    run = enc_run.run_path
+    res = masked_metrics(enc_run, load_model(run), open_dataset(run / "dataset"), max_windows=24)
+    assert res["n_examples"] == 3 * res["n_windows"] > 0
+    assert 0 <= res["seq_accuracy"] <= 1 and 0 <= res["read_profile_jsd"] <= 1
+    # simulated genomes are not uniform: the composition baseline beats chance
+    assert res["seq_baseline_accuracy"] > 0.25
+
+
+def _copy_run(enc_run, tmp_path, extra_samples=()):
+    """A new run dir holding a copy of the fixture's dataset, and its config file."""
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(enc_run.run_path / "dataset", run / "dataset")
+    raw = enc_run.model_dump(mode="json")
+    raw["run_dir"] = str(run)
+    raw["samples"] = raw["samples"] + list(extra_samples)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return run, path
+
+
+def test_train_with_a_cell_type_the_dataset_lacks_exits_2(enc_run, tmp_path, capsys):
+    from seq2reads.cli import main
+
+    ghost = dict(enc_run.model_dump(mode="json")["samples"][0], name="ghost")
+    run, path = _copy_run(enc_run, tmp_path, [ghost])
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ghost" in err and "prepare" in err, err
+    assert not (run / "model").exists()
+
+
+def test_train_with_patch_not_dividing_the_window_exits_2(enc_run, tmp_path, capsys):
+    from seq2reads.cli import main
+
+    run, path = _copy_run(enc_run, tmp_path)
+    assert main(["train", str(path), "--set", "model.patch=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not divisible by model.patch (3)" in err, err
+    assert not (run / "model").exists() and not (run / "checkpoints" / "last.ckpt").exists()
