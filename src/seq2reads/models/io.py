@@ -65,6 +65,7 @@ def save_model(model: nn.Module, cfg, path_dir: str | Path, extra: dict[str, Any
         tmp.mkdir(parents=True)
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT, "version": str(VERSION)})
         (tmp / META).write_text(json.dumps(meta, indent=2))
+        (tmp / WEIGHTS).chmod(0o644)  # safetensors creates it owner-only
     return path_dir
 
 

@@ -1,0 +1,155 @@
+"""Lightning task of the sequence-to-read CNN: profile (multinomial NLL) + counts (log1p MSE).
+
+:class:`ProfileCountTask` takes a loader batch (``seq (B, 4, L_in)``, ``signal (B, C, 2, L_in)``,
+``mask (B, L_in)``, ``index``), crops the targets and the mask to the model's centred output
+window and optimises ``mean_c [NLL_c + w_c MSE_c]`` (:mod:`seq2reads.models.losses`), with
+``w_c`` = ``model.count_weight`` when given, else the data rule of
+:func:`~seq2reads.models.losses.count_weight_from_data`.
+
+Logged: ``train/loss``, ``train/profile_nll``, ``train/count_mse``, ``train/lr`` every step and
+``val/loss``, ``val/profile_nll``, ``val/count_mse`` per validation epoch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import nn
+
+from seq2reads.data.loader import center_crop
+from seq2reads.models.losses import combined_loss, count_weight_from_data
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Learning-rate multiplier at optimizer step ``step``.
+
+    Linear warm-up from ``1/warmup`` to 1 over ``warmup`` steps, then: ``cosine`` decays to 0 at
+    step ``total``; ``constant`` and ``plateau`` stay at 1 (plateau reductions are applied on top
+    by ``ReduceLROnPlateau``).
+    """
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule != "cosine" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class ProfileCountTask(L.LightningModule):
+    """Train a profile + count model (e.g. :class:`~seq2reads.models.bpnet.BPNet`).
+
+    Parameters
+    ----------
+    cfg : seq2reads.config.Config
+        The run's config (``model.count_weight`` and the ``train`` section are used).
+    model : nn.Module
+        Maps ``(N, 4, L_in)`` to ``(profile_logits (N, C, 2, L_out), log_counts (N, C))``.
+    dataset_attrs : dict
+        The store's attributes (``samples``, ``count_stats``, ``output_len`` ...).
+    """
+
+    def __init__(self, cfg, model: nn.Module, dataset_attrs: dict) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model = model
+        samples = list(dataset_attrs.get("samples") or cfg.cell_types)
+        self.output_len = int(dataset_attrs.get("output_len", cfg.window.output))
+        C = len(samples)
+        stats = dataset_attrs.get("count_stats")
+        if cfg.model.count_weight is not None:
+            weights = [float(cfg.model.count_weight)] * C
+        elif stats:
+            weights = count_weight_from_data(stats, C)
+        else:
+            weights = [1.0] * C
+        self.count_weights = weights
+        self.register_buffer("count_weight", torch.tensor(weights, dtype=torch.float32), persistent=False)
+        if stats:
+            self._init_count_bias(stats, samples)
+
+    def _init_count_bias(self, stats, samples) -> None:
+        """Start the count head at log1p(mean train-peak total) per cell type (faster start)."""
+        head = getattr(self.model, "count_head", None)
+        if not isinstance(head, nn.Linear) or head.bias is None or head.bias.numel() != len(samples):
+            return
+        means = []
+        for i, name in enumerate(samples):
+            s = stats.get(name) if isinstance(stats, dict) else stats[i]
+            means.append(float(s.get("mean", 0.0)) if isinstance(s, dict) else 0.0)
+        with torch.no_grad():
+            head.bias.copy_(torch.log1p(torch.tensor(means, dtype=head.bias.dtype)))
+
+    def forward(self, X: torch.Tensor):
+        return self.model(X)
+
+    def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        profile, log_counts = self.model(batch["seq"])
+        L_out = profile.shape[-1]
+        y = center_crop(batch["signal"], L_out)
+        m = center_crop(batch["mask"], L_out)
+        return combined_loss(profile, log_counts, y, m, self.count_weight)
+
+    def training_step(self, batch: dict, batch_idx: int):
+        loss, nll, mse = self._step(batch)
+        b = batch["seq"].shape[0]
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=b)
+        self.log_dict({"train/profile_nll": nll.detach(), "train/count_mse": mse.detach(),
+                       "train/lr": float(self.optimizers().param_groups[0]["lr"])},
+                      on_step=True, on_epoch=False, batch_size=b)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        loss, nll, mse = self._step(batch)
+        b = batch["seq"].shape[0]
+        self.log_dict({"val/loss": loss, "val/profile_nll": nll, "val/count_mse": mse},
+                      on_step=False, on_epoch=True, prog_bar=False, batch_size=b, sync_dist=True)
+        return loss
+
+    def test_step(self, batch: dict, batch_idx: int):
+        loss, nll, mse = self._step(batch)
+        b = batch["seq"].shape[0]
+        self.log_dict({"test/loss": loss, "test/profile_nll": nll, "test/count_mse": mse},
+                      on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
+        return loss
+
+    def configure_optimizers(self):
+        tc = self.cfg.train
+        # Weight decay on conv/linear weights only, not on biases (the usual AdamW practice).
+        decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
+        opt = opt_cls(groups, lr=tc.lr)
+        total = tc.max_steps if tc.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
+        warmup, schedule = tc.warmup_steps, tc.schedule
+        step_sched = {"scheduler": torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, warmup, total, schedule)), "interval": "step"}
+        if schedule != "plateau":
+            return {"optimizer": opt, "lr_scheduler": step_sched}
+        # Plateau: ReduceLROnPlateau scales the base lr that the warm-up factor multiplies.
+        plateau = {"scheduler": _PlateauOnBase(step_sched["scheduler"], patience=max(1, tc.patience // 2)),
+                   "monitor": "val/loss", "interval": "epoch"}
+        return [opt], [step_sched, plateau]
+
+
+class _PlateauOnBase(torch.optim.lr_scheduler.ReduceLROnPlateau):
+    """ReduceLROnPlateau that halves the warm-up scheduler's base learning rates.
+
+    Reducing ``param_group['lr']`` directly would be undone by the step-wise warm-up scheduler at
+    its next step; scaling its ``base_lrs`` composes the two.
+    """
+
+    def __init__(self, step_sched: torch.optim.lr_scheduler.LambdaLR, patience: int) -> None:
+        self.step_sched = step_sched
+        super().__init__(step_sched.optimizer, mode="min", factor=0.5, patience=patience)
+
+    def state_dict(self):
+        state = super().state_dict()
+        state.pop("step_sched", None)  # restored by configure_optimizers, not by the checkpoint
+        return state
+
+    def _reduce_lr(self, epoch):  # noqa: D401 - torch hook
+        self.step_sched.base_lrs = [b * self.factor for b in self.step_sched.base_lrs]
+        super()._reduce_lr(epoch)
