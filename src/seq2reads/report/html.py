@@ -33,6 +33,8 @@ METRIC_ORDER = ("profile_mnll", "profile_jsd", "profile_pearson", "profile_spear
                 "count_pearson", "count_spearman", "count_mse")
 # Which direction is better, for the arrows in the metric tables.
 LOWER_IS_BETTER = {"profile_mnll", "profile_jsd", "count_mse"}
+SUBSET_TITLES = {"peaks": "peaks", "all": "peaks + background", "overall": "all test windows"}
+EXTRA_TITLES = {"masked": "Masked reconstruction (encoder: masked spans of reads and sequence, masked cell type)"}
 BAR_METRICS = ("profile_pearson", "profile_jsd", "count_pearson", "count_spearman")
 
 
@@ -65,7 +67,7 @@ def fmt(v: object, digits: int = 3) -> str:
 
 def table(rows: Sequence[Sequence[object]], header: Sequence[str], cls: str = "", raw_cols: Sequence[int] = ()) -> str:
     """An HTML table; numbers are formatted and right-aligned; ``raw_cols`` hold trusted HTML."""
-    out = [f'<table class="{esc(cls)}"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"]
+    out = [f'<div class="tablewrap"><table class="{esc(cls)}"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"]
     for r in rows:
         cells = []
         for j, v in enumerate(r):
@@ -76,12 +78,13 @@ def table(rows: Sequence[Sequence[object]], header: Sequence[str], cls: str = ""
             else:
                 cells.append(f"<td>{esc(v)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 
 def df_table(df: pd.DataFrame, max_rows: int = 30, image_cols: Sequence[str] = ()) -> str:
     """A DataFrame as an HTML table (first ``max_rows`` rows); ``image_cols`` hold data URIs."""
+    df = df.loc[:, [c for c in df.columns if c in image_cols or not df[c].isna().all()]]
     shown = df.head(max_rows)
     rows = []
     for _, r in shown.iterrows():
@@ -183,7 +186,7 @@ def section_training(cfg: Config, run: Path) -> str:
             best = f"<p>Best validation loss <b>{fmt(float(b['val/loss']))}</b> at step {int(b['step']):,}.</p>"
     epochs = int(df["epoch"].max()) + 1 if "epoch" in df and df["epoch"].notna().any() else None
     steps = int(df["step"].max()) + 1 if "step" in df and df["step"].notna().any() else None
-    summary = f"<p>{fmt(epochs) if epochs else '?'} epochs, {fmt(steps) if steps else '?'} optimisation steps.</p>"
+    summary = f"<p>{fmt(epochs) if epochs else '?'} epoch{'s' if epochs != 1 else ''}, {fmt(steps) if steps else '?'} optimisation steps.</p>"
     body = "".join(figure(u, t) for t, u in figs)
     return (summary + best + body + "<details><summary>Every logged value (first, last, minimum)</summary>" +
             table(last, ["column", "first", "last", "min", "points"]) + "</details>")
@@ -279,29 +282,35 @@ def section_metrics(cfg: Config, run: Path) -> str:
              "The <i>baseline</i> predicts the average training profile scaled to the mean count; the "
              "<i>ceiling</i> is what the true rates (simulated data) or a replicate reach.</p>"]
     for sub, vals in test.items():
+        counts = {k: v for k, v in vals.items() if k.startswith("n_")}
+        vals = {k: v for k, v in vals.items() if not k.startswith("n_")}
         cols = {me: vals}
         for name, o in others.items():
             if sub in o:
                 cols[name] = o[sub]
         cols["baseline"] = _match(base, sub)
         cols["ceiling"] = _match(ceil, sub)
-        names = _ordered(set().union(*[set(c) for c in cols.values()]))
+        names = _ordered(set().union(*[{k for k in c if not k.startswith("n_")} for c in cols.values()]))
         rows = [[f"{n} {'↓' if n in LOWER_IS_BETTER else '↑'}", *[c.get(n, np.nan) for c in cols.values()]] for n in names]
-        parts.append(f"<h3>Overall — {esc(sub)}</h3>" + table(rows, ["metric", *cols], cls="metrics"))
+        note = ", ".join(f"{k.removeprefix('n_').replace('_', ' ')}: {fmt(int(v))}" for k, v in counts.items())
+        parts.append(f"<h3>Overall — {esc(SUBSET_TITLES.get(sub, sub))}</h3>" + table(rows, ["metric", *cols], cls="metrics")
+                     + (f'<p class="note">Windows — {esc(note)}.</p>' if note else ""))
         bar_metrics = [b for b in BAR_METRICS if b in names]
         if bar_metrics:
-            parts.append(figure(plots.metric_bars_figure(cols, bar_metrics), f"Overall test metrics, {sub}"))
+            parts.append(figure(plots.metric_bars_figure(cols, bar_metrics), f"Overall test metrics, {SUBSET_TITLES.get(sub, sub)}"))
     for sub, cells in per_cell_subsets(m.get("test", {})).items():
-        names = _ordered(set().union(*[set(v) for v in cells.values()]))
+        names = _ordered(set().union(*[{k for k in v if not k.startswith("n_")} for v in cells.values()]))
         rows = [[cell, *[vals.get(n, np.nan) for n in names]] for cell, vals in cells.items()]
-        parts.append(f"<h3>Per cell type — {esc(sub)}</h3>" + table(rows, ["cell type", *names], cls="metrics"))
-    extra = {k: v for k, v in m.items() if k not in ("test", "baseline", "ceiling") and isinstance(v, dict)}
+        parts.append(f"<h3>Per cell type — {esc(SUBSET_TITLES.get(sub, sub))}</h3>" + table(rows, ["cell type", *names], cls="metrics"))
+    extra = {k: v for k, v in m.items() if k not in ("test", "baseline", "ceiling", "info") and isinstance(v, dict)}
     for k, v in extra.items():
         subs = metric_subsets(v)
         if subs:
             names = _ordered(set().union(*[set(x) for x in subs.values()]))
             rows = [[n, *[s.get(n, np.nan) for s in subs.values()]] for n in names]
-            parts.append(f"<h3>{esc(k.replace('_', ' '))}</h3>" + table(rows, ["metric", *subs], cls="metrics"))
+            title = EXTRA_TITLES.get(k, k.replace("_", " "))
+            parts.append(f"<h3>{esc(title)}</h3>" + table(rows, ["metric", *[s if s != "overall" else "value" for s in subs]],
+                                                         cls="metrics"))
     notes = [("baseline", (m.get("baseline") or {}).get("note") if isinstance(m.get("baseline"), dict) else None),
              ("ceiling", (m.get("ceiling") or {}).get("note") if isinstance(m.get("ceiling"), dict) else m.get("ceiling_note"))]
     for k, note in notes:
@@ -363,7 +372,8 @@ def section_tracks(cfg: Config, run: Path) -> str:
     flat = logits.reshape(N, C, -1)
     prob = np.exp(flat - flat.max(-1, keepdims=True))
     prob /= prob.sum(-1, keepdims=True)
-    pred = (prob * np.expm1(np.asarray(log_counts, dtype=np.float64))[..., None]).reshape(logits.shape)
+    total = np.maximum(np.expm1(np.asarray(log_counts, dtype=np.float64)), 0.0)  # a count below 0 means none
+    pred = (prob * total[..., None]).reshape(logits.shape)
     reg = store.regions
     parts = [f"<p>{len(rows)} test peaks (held-out chromosomes), chosen as the busiest window overall and the most "
              "cell-type-specific window of each cell type. Grey: observed reads (plus strand up, minus strand "
@@ -628,6 +638,7 @@ table.metrics td:first-child { white-space:nowrap; }
 figure { margin:12px 0; } figure img { max-width:100%; height:auto; display:block; }
 figcaption { color:var(--muted); font-size:12.5px; margin-top:2px; }
 img.logo { height:44px; max-width:220px; display:block; }
+.tablewrap { overflow-x:auto; max-width:100%; }
 .cols { display:flex; gap:28px; flex-wrap:wrap; } .cols > div { flex:1 1 400px; }
 .note { color:var(--muted); font-size:12.5px; margin:2px 0; }
 .missing { background:#fff7e6; border-left:4px solid #f0a020; padding:8px 12px; color:#6b4a00; }

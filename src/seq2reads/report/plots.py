@@ -82,11 +82,14 @@ def loss_curve_figures(metrics: pd.DataFrame) -> list[tuple[str, str]]:
         phase, name = _component(c)
         if name.startswith("w_") or name.startswith("weight"):
             weights.append(c)
+        elif name in ("lr", "learning_rate") or name.startswith("lr-"):
+            continue
         elif phase in ("train", "val", "valid", "validation"):
             groups.setdefault(name, {}).setdefault(phase, []).append(c)
     # One column per phase: per-step values for training, per-epoch values for validation.
     losses = {name: {ph: _pick(cands, ph) for ph, cands in by_phase.items()} for name, by_phase in groups.items()}
-    lr_cols = [c for c in metrics.columns if c.startswith("lr")]
+    lr_cols = [c for c in metrics.columns if c.startswith("lr") or _component(c)[1] in ("lr", "learning_rate")]
+    xmax = float(metrics["step"].max()) if metrics["step"].notna().any() else 1.0
     out: list[tuple[str, str]] = []
     names = sorted(losses, key=lambda n: (n != "loss", n))
     if names:
@@ -94,12 +97,13 @@ def loss_curve_figures(metrics: pd.DataFrame) -> list[tuple[str, str]]:
         nrow = int(np.ceil(len(names) / ncol))
         fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 2.8 * nrow), squeeze=False)
         for ax, name in zip(axes.ravel(), names):
-            for i, (phase, col) in enumerate(sorted(losses[name].items(), key=lambda kv: kv[0] != "train")):
+            for phase, col in sorted(losses[name].items(), key=lambda kv: kv[0] != "train"):
                 d = metrics[["step", col]].dropna()
                 if d.empty:
                     continue
-                style = dict(lw=1.0, alpha=0.85) if phase == "train" else dict(lw=1.6, marker="o", ms=3)
-                ax.plot(d["step"], d[col], color=PALETTE[i], label=phase, **style)
+                style = dict(lw=1.0, alpha=0.85) if phase == "train" else dict(lw=1.6, marker="o", ms=4)
+                ax.plot(d["step"], d[col], color=PALETTE[0 if phase == "train" else 1], label=phase, **style)
+            ax.set_xlim(-0.02 * xmax, xmax * 1.02 + 1e-9)
             ax.set_title(name)
             ax.set_xlabel("step")
             _maybe_log(ax, metrics[[c for c in losses[name].values()]])
@@ -126,8 +130,9 @@ def loss_curve_figures(metrics: pd.DataFrame) -> list[tuple[str, str]]:
             ax = axes[0, k]
             for i, c in enumerate(lr_cols):
                 d = metrics[["step", c]].dropna()
-                ax.plot(d["step"], d[c], color=PALETTE[i], lw=1.1, label=c)
+                ax.plot(d["step"], d[c], color=PALETTE[i], lw=1.1)
             ax.set_title("learning rate")
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
             ax.set_xlabel("step")
         fig.tight_layout()
         out.append(("Loss-balancing weights and learning rate", fig_to_uri(fig)))
