@@ -115,3 +115,34 @@ def test_evaluate_encoder_run(encoder_run):
     assert sorted(out["test"]["per_cell_type"]) == sorted(encoder_run.cell_types)
     masked = out.get("masked")
     assert isinstance(masked, dict) and masked and "unavailable" not in str(masked.get("note", ""))
+
+
+def test_ceiling_from_replicates_and_none(bpnet_run, sim_dir, tmp_path):
+    """Without truth.json: a replicate ceiling when two samples have replicates (null for the third),
+    and a null ceiling with a note when there are none."""
+    from seq2reads.data.store import prepare
+    from seq2reads.evaluation.evaluate import evaluate_run
+    from tests.conftest import SMALL_BPNET, small_config
+
+    cells = bpnet_run.cell_types
+    reps = [f"samples.{i}.replicates=[{{plus: tracks/rep2/{c}.plus.bw, minus: tracks/rep2/{c}.minus.bw}}]"
+            for i, c in enumerate(cells[:2])]
+    cfg = small_config(sim_dir, tmp_path / "rep", [*SMALL_BPNET, "truth=null", *reps])
+    prepare(cfg, progress=False)
+    shutil.copytree(bpnet_run.run_path / "model", cfg.run_path / "model")
+    out = evaluate_run(cfg, progress=False)
+    ceil, base = out["ceiling"], out["baseline"]
+    assert "replicate" in ceil["note"] and cells[2] in ceil["note"]
+    for c in cells[:2]:
+        assert ceil["per_cell_type"][c]["profile_pearson"] > base["per_cell_type"][c]["profile_pearson"]
+        assert ceil["per_cell_type"][c]["count_pearson"] > 0.5
+    assert ceil["per_cell_type"][cells[2]]["profile_pearson"] is None  # no replicate: no ceiling, not a fake one
+
+    none = _copy_run(cfg.model_copy(update={"samples": [s.model_copy(update={"replicates": []}) for s in cfg.samples]}),
+                     tmp_path / "norep")
+    # the copied dataset still holds replicate_signal; a dataset prepared without replicates has none
+    shutil.rmtree(none.run_path / "dataset")
+    prepare(none, progress=False)
+    out = evaluate_run(none, progress=False)
+    assert out["ceiling"] is None and "no noise ceiling" in out["ceiling_note"]
+    assert np.isfinite(out["test"]["overall"]["profile_pearson"])

@@ -49,7 +49,7 @@ from seq2reads.evaluation import metrics as M
 from seq2reads.evaluation.predict import load_trained_model, predict_windows
 
 UNIFORM_MIX = 1e-6  # weight of a uniform profile mixed into non-model profiles (finite MNLL)
-MAX_BASELINE_WINDOWS = 20000  # training peaks averaged for the baseline (seeded subsample above)
+MAX_BASELINE_WINDOWS = 5000  # training peaks averaged for the baseline (seeded subsample above)
 HEADLINE = ("profile_pearson", "profile_jsd", "profile_mnll", "count_pearson", "count_spearman", "count_mse")
 
 
