@@ -122,8 +122,12 @@ def lookup(db: MotifDB, key: str) -> Motif:
 
         base = k.split(".")[0]
         if any(m.base_id == base for m in db.motifs):
+            import warnings
+
             try:
-                old = jaspardb(release=db.release).fetch_motif_by_id(k)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # pyjaspar warns before failing; we raise our own error
+                    old = jaspardb(release=db.release).fetch_motif_by_id(k)
             except Exception:  # pyjaspar raises assorted errors for a version that does not exist
                 old = None
             if old is not None:

@@ -167,11 +167,17 @@ def motifs_run(cfg) -> Path:
                 L = ohe.shape[-1]
                 lo = max((L - out_len) // 2, 0)
                 W = min(out_len, L)
-                pos, neg = run_modisco(ohe[..., lo:lo + W], attr[..., lo:lo + W], cfg.interpret.max_seqlets)
+                try:
+                    pos, neg = run_modisco(ohe[..., lo:lo + W], attr[..., lo:lo + W], cfg.interpret.max_seqlets)
+                    why = ""
+                except (ValueError, IndexError) as e:
+                    # modisco-lite fails in some steps (e.g. clustering a handful of seqlets) instead of
+                    # returning nothing; for the user that is the same outcome: no patterns.
+                    pos, neg, why = [], [], f" ({type(e).__name__}: {e})"
                 grp = h5.create_group(f"{cell}.{target}")
                 grp.attrs["window_size"] = W
                 if not pos and not neg:
-                    empty.append(f"{cell}.{target}")
+                    empty.append(f"{cell}.{target}{why}")
                     continue
                 direction = _transcription_direction(store, index, cell, out_len)
                 for sign, pats in (("pos", pos), ("neg", neg)):
