@@ -214,6 +214,7 @@ class SAE(Section):
     max_features: int = Field(20, ge=0, description="latents analysed with attributions and motifs")
     store: str | None = Field(None, description="reuse this activation store (RUN/sae/activations of this model)")
     seed: int = 0
+    motifs: bool = Field(True, description="TF-MoDISco + TOMTOM on the analysed latents' top windows")
 
     @model_validator(mode="after")
     def _k_fits(self):
