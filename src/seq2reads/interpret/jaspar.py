@@ -136,6 +136,7 @@ def lookup(db: MotifDB, key: str) -> Motif:
     close = difflib.get_close_matches(k, choices, n=3, cutoff=0.5)
     close += [c for c in difflib.get_close_matches(k.upper(), [c.upper() for c in choices], n=3, cutoff=0.5)
               if c not in close]
+    close = list(dict.fromkeys(close))
     hint = f" Did you mean {', '.join(close[:3])}?" if close else " Give a JASPAR matrix ID such as MA0035 or a TF name."
     raise UserError(f"motif '{key}' is not in {db.release} CORE vertebrates.{hint}")
 
