@@ -100,3 +100,20 @@ def test_registry_build_and_short_window():
         check_window(cfg, need - 1, 100)
     with pytest.raises(UserError, match=f"at least {need} bp"):
         build_model(cfg, 2, need - 1, 100)
+
+
+def test_channels_last_layout_gives_the_same_outputs_and_grads():
+    torch.manual_seed(0)
+    a = BPNet(n_cell_types=2, output_len=20, filters=8, layers=2, profile_kernel=11, channels_last=True)
+    b = BPNet(n_cell_types=2, output_len=20, filters=8, layers=2, profile_kernel=11, channels_last=False)
+    b.load_state_dict(a.state_dict())
+    x = _onehot(3, a.min_input_len)
+    pa, ca = a(x)
+    pb, cb = b(x)
+    torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ca, cb, rtol=1e-5, atol=1e-5)
+    (pa.sum() + ca.sum()).backward()
+    (pb.sum() + cb.sum()).backward()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-4, msg=n)
+    torch.testing.assert_close(a.embed(x, "dil2"), b.embed(x, "dil2"), rtol=1e-5, atol=1e-5)
