@@ -18,7 +18,10 @@ bpnet-lite on profile_jsd (lower is better), profile_pearson and count_pearson.
 
 Usage::
 
-    python benchmarks/accuracy.py [--epochs 10] [--workdir DIR] [--regions 3000]
+    python benchmarks/accuracy.py [--epochs 10] [--workdir DIR] [--regions 3000] [--set KEY=VALUE ...]
+
+``--set`` shrinks the problem for a slow machine (e.g. ``--set window.input=1024 --set
+window.output=512 --set model.filters=32 --set model.layers=6``); the overrides are recorded.
 
 Prints one JSON line and writes it to ``benchmarks/results/accuracy.json``.
 """
@@ -131,6 +134,8 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=None, help="keep the data and runs here (default: a temporary folder)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for both models (e.g. window.input=1024); recorded in the JSON line")
     p.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/accuracy.json")
     args = p.parse_args(argv)
     if args.threads:
@@ -157,7 +162,7 @@ def main(argv=None) -> dict:
         log("simulating ...")
         simulate(sim, seed=args.seed, n_regions=args.regions)
     cfg = load_config(sim / "config.yaml", [f"run_dir={work / 'run'}", f"train.max_epochs={args.epochs}",
-                                            f"train.seed={args.seed}"])
+                                            f"train.seed={args.seed}", *args.set])
     if not (cfg.run_path / "dataset").exists():
         log("preparing ...")
         prepare(cfg)
@@ -195,6 +200,8 @@ def main(argv=None) -> dict:
         "data": {"simulated_regions": args.regions, "seed": args.seed, "cell_types": list(store.samples),
                  "window": [store.input_len, store.output_len], "test_peaks": ours["info"]["n_windows"]["peaks"]},
         "epochs": args.epochs,
+        "overrides": args.set,
+        "model": {"filters": cfg.model.filters, "layers": cfg.model.layers, "batch_size": cfg.train.batch_size},
         "metrics_scope": "test peaks, mean over cell types (SPEC metrics, seq2reads.evaluation)",
         "seq2reads": pick(o),
         "bpnet_lite": pick(lt),
