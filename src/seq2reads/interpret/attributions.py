@@ -45,7 +45,7 @@ Methods (``interpret.method``):
 from __future__ import annotations
 
 import json
-import warnings
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -57,6 +57,7 @@ from seq2reads.atomic import atomic_path
 from seq2reads.errors import UserError
 from seq2reads.interpret.targets import AllTargets, encoder_outputs, expand_targets, make_target, select_target
 
+log = logging.getLogger(__name__)
 FORMAT_NOTE = "ohe/attr are (N, 4, L) channels-first; attr is hypothetical; contributions = attr * ohe"
 
 
@@ -501,7 +502,6 @@ def attribute_run(cfg) -> Path:
                    "delta_warn": icfg.delta_warn, "layout": FORMAT_NOTE, "files": files}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
     if warned:
-        warnings.warn(
-            f"convergence delta above interpret.delta_warn={icfg.delta_warn} in " + "; ".join(warned)
-            + (" (raise interpret.ig_steps)" if method == "ig" else ""), stacklevel=2)
+        log.warning("seq2reads attribute: warning: convergence delta above interpret.delta_warn=%s in %s%s",
+                    icfg.delta_warn, "; ".join(warned), " (raise interpret.ig_steps)" if method == "ig" else "")
     return run / "attributions"

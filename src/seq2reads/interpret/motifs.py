@@ -29,6 +29,7 @@ Details
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +46,7 @@ COLUMNS = (["cell_type", "target", "pattern", "sign", "n_seqlets"]
 SHARED_COLUMNS = ["group", "sign", "match_id", "match_name", "tf_family", "n_cell_types", "cell_types",
                   "category", "patterns"]
 Q_MATCH = 0.05
+log = logging.getLogger(__name__)
 
 
 # -- reusable pieces ----------------------------------------------------------------------------
@@ -215,10 +217,11 @@ def motifs_run(cfg) -> Path:
             {"motif_db": db.release, "n_patterns": len(rows), "no_patterns": empty,
              "window": out_len, "q_threshold": Q_MATCH}, indent=2))
     if empty:
-        warnings.warn(
-            f"TF-MoDISco found no patterns for {', '.join(empty)}: too few strong seqlets (fewer than 100 per "
-            "sign). Explain more regions (interpret.n_regions) or train the model longer; the tables for these "
-            "are empty.", stacklevel=2)
+        # logging, not warnings.warn: without a configured handler Python prints just the message line.
+        log.warning(
+            "seq2reads motifs: warning: TF-MoDISco found no patterns for %s: too few strong seqlets (fewer than "
+            "100 per sign). Explain more regions (interpret.n_regions) or train the model longer; the tables "
+            "have no rows for these.", ", ".join(empty))
     return run / "motifs"
 
 
