@@ -117,7 +117,8 @@ def targets(run: Path | None, workdir: Path, overrides: list[str]) -> dict:
         if not (sim / "config.yaml").exists():
             simulate(sim)
         run = workdir / "encoder_run"
-        cfg = load_config(sim / "config.yaml", [f"run_dir={run}", "model.type=encoder", *overrides, *sae_set])
+        # the simulator's config names a BPNet; the model section is replaced whole (default encoder)
+        cfg = load_config(sim / "config.yaml", [f"run_dir={run}", "model={type: encoder}", *overrides, *sae_set])
         if not (run / "model" / "model.safetensors").exists():
             from seq2reads.data.store import prepare
             from seq2reads.training.trainer import train

@@ -195,7 +195,7 @@ def analyse_features(cfg, model, sae, store, ds, layer: str, out: Path, progress
     rows, top_rows = [], []
     labels: dict[int, str] = {}
     db = None
-    if selected:
+    if selected and scfg.motifs:
         from seq2reads.interpret.jaspar import load_jaspar
 
         db = load_jaspar(cfg.interpret.motif_db)
@@ -270,7 +270,7 @@ def _analyse_latent(cfg, model, sae, store, ds, layer, lat, wins, cl, pos, bp, d
     take = lo[:, None] + np.arange(w)[None]
     ohe_c = np.take_along_axis(ohe, take[:, None, :].repeat(4, 1), axis=2)
     attr_c = np.take_along_axis(res["attr"], take[:, None, :].repeat(4, 1), axis=2)
-    n_pat, best = latent_motifs(ohe_c, attr_c, db, cfg.interpret.max_seqlets)
+    n_pat, best = latent_motifs(ohe_c, attr_c, db, cfg.interpret.max_seqlets) if cfg.sae.motifs else (0, None)
     seq_mass = float(np.abs(res["attr"] * ohe).sum(axis=(1, 2)).mean())
     out = {"n_patterns": n_pat, "attr_seq": seq_mass}
     if "reads_attr" in res:
