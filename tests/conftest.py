@@ -36,9 +36,9 @@ SMALL = [
     "sae.max_features=2",
     "sae.top_windows=8",
 ]
-SMALL_BPNET = ["model.type=bpnet", "model.filters=16", "model.layers=3", "model.profile_kernel=25"]
-SMALL_ENCODER = ["model.type=encoder", "model.d_model=32", "model.depth=2", "model.heads=2", "model.patch=4",
-                 "model.seq_kernels=[1,9]"]
+# Whole model sections: the simulator's config names BPNet keys that the encoder does not have.
+SMALL_BPNET = ["model={type: bpnet, filters: 16, layers: 3, profile_kernel: 25}"]
+SMALL_ENCODER = ["model={type: encoder, d_model: 32, depth: 2, heads: 2, patch: 4, seq_kernels: [1, 9]}"]
 
 
 @pytest.fixture(scope="session")
