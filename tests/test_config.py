@@ -63,6 +63,9 @@ def test_overrides(tmp_path):
                                               "samples.0.name=K", "splits.test=[chr2]", "train.precision=32"])
     assert cfg.train.max_epochs == 3 and cfg.model.type == "encoder" and cfg.model.depth == 2
     assert cfg.samples[0].name == "K" and cfg.splits.test == ["chr2"] and cfg.train.precision == "32"
+    # Switching the model type drops the other model's keys (filters, layers) instead of failing.
+    cfg = load_config(write(tmp_path, {**BASE, "model": {"type": "bpnet", "filters": 8}}), ["model.type=encoder"])
+    assert cfg.model.type == "encoder"
     with pytest.raises(UserError, match="key.sub=value"):
         apply_overrides(BASE, ["train.max_epochs"])
     with pytest.raises(UserError, match="list index"):

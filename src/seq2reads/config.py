@@ -401,6 +401,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if isinstance(node, list):
             node[_index(last, item)] = parsed
         else:
+            if parts == ["model", "type"] and node.get("type", "bpnet") != parsed:
+                # Switching model type: keys of the other model's section no longer apply.
+                keep = (EncoderModel if parsed == "encoder" else BPNetModel).model_fields
+                for k in [k for k in node if k not in keep]:
+                    del node[k]
             node[last] = parsed
     return raw
 
