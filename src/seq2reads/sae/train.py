@@ -221,33 +221,47 @@ def _call_with_replacement(model, layer: str, fn, d: int, call):
 def _replacement_hooks(model, layer: str, adapt) -> list:
     """Forward hooks that replace ``layer``'s output for models without ``intervene``.
 
-    A layer that is a sub-module gets one hook on its output. BPNet's residual layers ``dil{i}``
-    (``h[crop] + relu_i(conv_i(h))``, an addition that is no module) get a pre-hook on ``dil[i-1]``
-    that remembers its input ``h`` and a hook on ``relus[i-1]`` that returns
-    ``fn(h[crop] + y) - h[crop]``, so the model's own addition yields ``fn(layer output)``;
-    ``conv0`` is the output of ``relu0``.
+    A layer that is a sub-module gets one hook on its output. BPNet's layers are ``conv0`` (the
+    output of ``relu0``) and the residual sums ``dil{i} = h_{i-1}[crop] + relus[i-1](conv(h_{i-1}))``
+    (an addition, which is no module): hooks on ``relu0`` and on every ``relus[j]`` up to the target
+    track the running ``h`` from the ReLU outputs alone, and the target's hook returns
+    ``fn(h_i) - h_{i-1}[crop]`` so that the model's own addition yields ``fn(h_i)``. Works for the
+    ``(N, D, L)`` and the channels-last ``(N, D, 1, L)`` layouts.
     """
     names = dict(model.named_modules())
     if layer in names and layer != "":
         def hook(_m, _i, out):
             return (adapt(out[0]), *out[1:]) if isinstance(out, tuple) else adapt(out)
         return [names[layer].register_forward_hook(hook)]
+
+    def fn4(h):
+        return adapt(h.squeeze(2)).unsqueeze(2) if h.ndim == 4 else adapt(h)
+
     if layer == "conv0" and "relu0" in names:
-        return [names["relu0"].register_forward_hook(lambda _m, _i, out: adapt(out))]
-    if layer.startswith("dil") and hasattr(model, "dil") and hasattr(model, "relus"):
-        i = int(layer[3:]) - 1
-        saved = {}
+        return [names["relu0"].register_forward_hook(lambda _m, _i, out: fn4(out))]
+    if layer.startswith("dil") and layer[3:].isdigit() and hasattr(model, "relus") and "relu0" in names:
+        target = int(layer[3:]) - 1
+        state = {}
 
-        def pre(_m, inputs):
-            saved["h"] = inputs[0]
+        def first(_m, _i, out):
+            state["h"] = out
 
-        def post(_m, _i, y):
-            h = saved["h"]
-            s = (h.shape[-1] - y.shape[-1]) // 2
-            hc = h[..., s:s + y.shape[-1]]
-            return adapt(hc + y) - hc
+        def make(j):
+            def post(_m, _i, y):
+                h = state["h"]
+                s = (h.shape[-1] - y.shape[-1]) // 2
+                hc = h[..., s:s + y.shape[-1]]
+                new = hc + y
+                if j == target:
+                    new = fn4(new)
+                    state["h"] = new
+                    return new - hc
+                state["h"] = new
+                return y
+            return post
 
-        return [model.dil[i].register_forward_pre_hook(pre), model.relus[i].register_forward_hook(post)]
+        return [names["relu0"].register_forward_hook(first),
+                *(model.relus[j].register_forward_hook(make(j)) for j in range(target + 1))]
     raise ValueError(f"cannot replace layer {layer!r} of {type(model).__name__}: no intervene and no such module")
 
 
