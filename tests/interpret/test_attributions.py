@@ -112,9 +112,11 @@ def test_attribute_bpnet_run(bpnet_run):
 
 
 def test_attribute_encoder_run(encoder_run):
-    out = A.attribute_run(_one_cell(encoder_run))
+    cfg = _one_cell(encoder_run)
+    cfg = cfg.model_copy(update={"interpret": cfg.interpret.model_copy(update={"targets": ["count"]})})
+    out = A.attribute_run(cfg)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["method"] == "ig"
+    assert summary["method"] == "ig" and [f["target"] for f in summary["files"]] == ["count"]
     for f in summary["files"]:
         _check_npz(out / f["file"], len(encoder_run.cell_types), encoder=True)
 
