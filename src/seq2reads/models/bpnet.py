@@ -16,6 +16,9 @@ input longer than :meth:`BPNet.min_input_len` is centre-cropped to that span bef
 computed ("crop early"). bpnet-lite pads every layer to the full input length and crops at the end;
 the centre ``output_len`` positions are the same function of the input either way (padding only
 ever reaches positions outside the receptive field of the kept outputs), we just skip the work.
+The profile head is computed as a matrix product plus a strided shifted sum rather than a
+convolution, because oneDNN's backward pass for a 64 -> 2C channel, width-75 convolution is about
+7x slower than its forward (see :meth:`BPNet._profile`); ``benchmarks/train_step.py`` measures it.
 
 Non-linearities are separate ``nn.ReLU`` modules (one per use) so that DeepLIFT/DeepSHAP
 implementations that hook modules (tangermeme, captum) see every one of them.
@@ -45,7 +48,8 @@ class BPNet(nn.Module):
         Kernel widths of the first conv, the dilated convs and the profile head.
     channels_last : bool
         Run the convolutions as (N, C, 1, L) 2-D convolutions in channels-last memory layout
-        (faster with oneDNN on CPU); the parameters and results are those of the Conv1d layers.
+        (same parameters and results as the Conv1d layers). Off by default: on the AVX2 CPU we
+        measured, its slower ReLU backward outweighs its faster convolutions.
 
     Examples
     --------
@@ -64,7 +68,7 @@ class BPNet(nn.Module):
         conv_kernel: int = 21,
         dilated_kernel: int = 3,
         profile_kernel: int = 75,
-        channels_last: bool = True,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.n_cell_types = int(n_cell_types)
@@ -127,11 +131,29 @@ class BPNet(nn.Module):
             return conv(h)
         return F.conv2d(h, conv.weight.unsqueeze(2), conv.bias, dilation=(1, conv.dilation[0]))
 
+    def _profile(self, h: torch.Tensor) -> torch.Tensor:
+        """The profile head's valid convolution, as one GEMM and a shifted sum: (N, 2C, L_out).
+
+        oneDNN's convolution backward is very slow for this shape (64 -> 2C channels, kernel 75):
+        about 7x its forward on CPU. Written as ``Z = W (2C*K, F) @ h (N, F, L)`` followed by
+        ``y[n, o, t] = sum_k Z[n, o, k, t + k]`` (a strided view, no copies), forward and backward
+        are plain matrix products. Same numbers as ``profile_head(h)`` up to float rounding.
+        """
+        if h.ndim == 4:
+            h = h.squeeze(2)
+        w, b = self.profile_head.weight, self.profile_head.bias
+        O, Fi, K = w.shape
+        L_out = h.shape[-1] - K + 1
+        Z = torch.matmul(w.permute(0, 2, 1).reshape(O * K, Fi), h).contiguous()  # (N, O*K, L)
+        sN, sR, sL = Z.stride()
+        y = Z.as_strided((Z.shape[0], O, K, L_out), (sN, K * sR, sR + sL, sL)).sum(dim=2)
+        return y + b[:, None] if b is not None else y
+
     def _trunk(self, X: torch.Tensor, stop: str | None = None) -> torch.Tensor:
         x = self._crop_input(X)
         if self.channels_last:
-            # oneDNN runs (N, C, 1, L) convolutions in NHWC ("channels last") much faster than
-            # (N, C, L) Conv1d on CPU, backward included; same weights, same numbers.
+            # (N, C, 1, L) 2-D convolutions in NHWC ("channels last") memory layout: oneDNN's
+            # preferred layout on some CPUs (faster convolutions, slower element-wise backward).
             x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
         h = self.relu0(self._conv(self.conv0, x))
         if stop == "conv0":
@@ -162,7 +184,7 @@ class BPNet(nn.Module):
         """
         h = self._trunk(X)  # (N, F, L_out + profile_kernel - 1), or (N, F, 1, ...) channels-last
         N = h.shape[0]
-        profile = self._conv(self.profile_head, h).reshape(N, self.n_cell_types, 2, self.output_len)
+        profile = self._profile(h).reshape(N, self.n_cell_types, 2, self.output_len)
         s = (self.profile_kernel - 1) // 2
         pooled = h[..., s : s + self.output_len].mean(dim=-1)  # average over the output window
         if pooled.ndim == 3:
