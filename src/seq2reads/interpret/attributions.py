@@ -343,8 +343,10 @@ def ism_attributions(model: nn.Module, X: torch.Tensor, pairs: Sequence[tuple[in
     from tangermeme.saturation_mutagenesis import saturation_mutagenesis
 
     allt = AllTargets(model, pairs).eval()
+    # Fast ISM (tangermeme's torch.export capture) pays off for convolutions only; attention cannot be
+    # captured, so the encoder goes straight to plain ISM instead of failing a capture attempt first.
     y0, y_hat = saturation_mutagenesis(allt, X.float(), raw_outputs=True, batch_size=batch_size,
-                                       device=model_device(model))
+                                       device=model_device(model), fast=not hasattr(model, "encode"))
     out = {}
     for j, p in enumerate(pairs):
         d = y_hat[..., j].float() - y0[:, None, None, j].float()
