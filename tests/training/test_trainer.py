@@ -85,6 +85,7 @@ def test_same_seed_same_weights(prepared_run, sim_dir, tmp_path):
     a = _run_with_dataset(prepared_run, sim_dir, tmp_path, "a", ["train.max_steps=3"])
     b = _run_with_dataset(prepared_run, sim_dir, tmp_path, "b", ["train.max_steps=3"])
     wa, wb = _weights(train(a)), _weights(train(b))
+    assert not torch.are_deterministic_algorithms_enabled()  # no process-wide flag left behind
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k

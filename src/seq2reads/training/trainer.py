@@ -240,7 +240,6 @@ def train(cfg) -> Path:
         the model's receptive field (names the minimum), checkpoints from another config.
     """
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
 
     from seq2reads.data.loader import S2RDataModule
     from seq2reads.models.registry import build_model, check_window
@@ -274,6 +273,21 @@ def train(cfg) -> Path:
     batches = max(1, math.ceil(n_train / tc.batch_size))
     old_metrics = _read_metrics(run / "logs" / "metrics.csv") if resume else None
 
+    # Lightning's `deterministic` switches torch's process-wide flag on; put it back afterwards so
+    # that training leaves no global state behind (e.g. for later steps in the same process).
+    det_before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        trainer = _fit(cfg, task, dm, resume, precision, callbacks=[guard, history, last_ckpt, best_ckpt, early],
+                       log_every=max(1, min(50, batches // 4)), ckpt_dir=ckpt_dir)
+    finally:
+        torch.use_deterministic_algorithms(det_before[0], warn_only=det_before[1])
+    return _finish(cfg, trainer, task, model, guard, history, best_ckpt, precision, ckpt_dir, old_metrics)
+
+
+def _fit(cfg, task, dm, resume, precision, callbacks, log_every, ckpt_dir):
+    from lightning.pytorch.loggers import CSVLogger
+
+    tc, run = cfg.train, cfg.run_path
     trainer = L.Trainer(
         accelerator=tc.accelerator,
         devices=tc.devices,
@@ -284,9 +298,9 @@ def train(cfg) -> Path:
         max_steps=tc.max_steps,
         gradient_clip_val=tc.grad_clip if tc.grad_clip > 0 else None,
         limit_val_batches=tc.limit_val_batches,
-        callbacks=[guard, history, last_ckpt, best_ckpt, early, _progress_bar()],
+        callbacks=[*callbacks, _progress_bar()],
         logger=CSVLogger(save_dir=str(run / "logs"), name="", version=""),
-        log_every_n_steps=max(1, min(50, batches // 4)),
+        log_every_n_steps=log_every,
         deterministic="warn" if uses_cuda(tc.accelerator) else True,
         default_root_dir=str(run),
         enable_model_summary=False,
@@ -298,6 +312,12 @@ def train(cfg) -> Path:
         if resume:
             print(f"resuming training from {resume}", file=sys.stderr)
     trainer.fit(task, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    return trainer
+
+
+def _finish(cfg, trainer, task, model, guard, history, best_ckpt, precision, ckpt_dir, old_metrics) -> Path:
+    """After the fit: final checkpoint, NaN message, merged logs, best weights to ``RUN/model``."""
+    tc, run = cfg.train, cfg.run_path
 
     if guard.tripped_step is None:  # a collective under DDP: every rank calls it
         trainer.save_checkpoint(ckpt_dir / f"{LAST}.ckpt")  # the finished state, so a rerun does nothing
