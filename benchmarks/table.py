@@ -24,7 +24,7 @@ START, END = "<!-- BENCHMARKS:START -->", "<!-- BENCHMARKS:END -->"
 NAME_KEYS = ("benchmark", "name", "bench")
 DATE_KEYS = ("date", "timestamp", "time", "when", "measured")
 MACHINE_KEYS = ("machine", "device", "host", "hardware")
-TARGET_KEYS = ("target", "targets", "goal")
+TARGET_KEYS = ("target", "goal")
 SKIP_KEYS = {"note", "notes", "command", "config", "version", "package_version"}
 MAX_FIGURES = 10
 
