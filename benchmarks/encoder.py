@@ -103,12 +103,15 @@ def _speed_one(spec: dict) -> dict:
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     for _ in range(spec["steps"]):
         step()
     if device == "cuda":
         torch.cuda.synchronize()
     dt_step = (time.perf_counter() - t0) / spec["steps"]
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_step = (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) / spec["steps"]
     tokens = length // cfg.model.patch
     res = {
         "setting": spec["name"], "window": [length, out], "model": spec["model"], "batch": b,
@@ -116,6 +119,10 @@ def _speed_one(spec: dict) -> dict:
         "step_seconds": round(dt_step, 3), "windows_per_s": round(b / dt_step, 2),
         "tokens_per_s": round(b * tokens / dt_step, 1), "bases_per_s": round(b * length / dt_step, 1),
         "device": device, "threads": torch.get_num_threads(),
+        # the box is shared: CPU seconds per step and the load average say how much of the wall
+        # time was ours
+        "cpu_seconds_per_step": round(cpu_step, 3), "tokens_per_cpu_s": round(b * tokens / max(cpu_step, 1e-9), 1),
+        "load_avg_1min": round(os.getloadavg()[0], 2),
     }
     if device == "cuda":
         res["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
