@@ -133,7 +133,7 @@ def plot_logo(cwm: np.ndarray, title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    fig, ax = plt.subplots(figsize=(max(3.0, 0.3 * len(cwm)), 2.0))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.3 * len(cwm)), 2.0))  # wide enough for the title
     logomaker.Logo(pd.DataFrame(cwm, columns=list("ACGT")), ax=ax)
     ax.set_title(title, fontsize=8)
     ax.set_ylabel("contribution")
