@@ -14,29 +14,6 @@ from seq2reads.cli import main
 from seq2reads.sae.features import FEATURE_COLUMNS
 
 
-@pytest.fixture(scope="session")
-def enc_run(request, sim_dir, tmp_path_factory):
-    """The shared ``encoder_run`` fixture; while that one cannot load the simulator's config (it
-    carries BPNet-only model keys, so ``--set model.type=encoder`` is rejected), the same small
-    encoder run with the model section replaced whole (real prepare + train)."""
-    from seq2reads.errors import UserError
-
-    try:
-        return request.getfixturevalue("encoder_run")
-    except UserError as e:
-        if "model." not in str(e):
-            raise
-    from seq2reads.data.store import prepare
-    from seq2reads.training.trainer import train
-    from tests.conftest import small_config
-
-    model = "model={type: encoder, d_model: 32, depth: 2, heads: 2, patch: 4, seq_kernels: [1, 9]}"
-    cfg = small_config(sim_dir, tmp_path_factory.mktemp("runs") / "encoder_sae", [model])
-    prepare(cfg)
-    train(cfg)
-    return cfg
-
-
 def _sae_config(cfg, tmp_path, **sae):
     """A copy of a fixture's config whose SAE outputs go to a run dir of its own (a symlinked
     copy of the fixture's dataset and model), so tests never touch the shared fixture run."""
@@ -88,11 +65,11 @@ def _check_outputs(out, cfg, model_type):
     return metrics, feats
 
 
-def test_sae_run_on_encoder(enc_run, tmp_path):
+def test_sae_run_on_encoder(encoder_run, tmp_path):
     from seq2reads.sae.activations import open_store
     from seq2reads.sae.pipeline import sae_run
 
-    cfg = _sae_config(enc_run, tmp_path, max_features=1)
+    cfg = _sae_config(encoder_run, tmp_path, max_features=1)
     out = sae_run(cfg, progress=False)
     metrics, feats = _check_outputs(out, cfg, "encoder")
     store = open_store(out / "activations")
@@ -123,8 +100,8 @@ def test_sae_cli_on_bpnet(bpnet_run, tmp_path, capsys):
     assert metrics["layer"] == f"dil{cfg.model.layers}"  # auto: the last shared trunk layer
 
 
-def test_unknown_layer_lists_valid_ones(enc_run, tmp_path, capsys):
-    cfg = _sae_config(enc_run, tmp_path)
+def test_unknown_layer_lists_valid_ones(encoder_run, tmp_path, capsys):
+    cfg = _sae_config(encoder_run, tmp_path)
     assert main(["sae", cfg.run_dir, "--set", "sae.layer=block99"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -132,17 +109,17 @@ def test_unknown_layer_lists_valid_ones(enc_run, tmp_path, capsys):
     assert not (cfg.run_path / "sae").exists()
 
 
-def test_k_larger_than_latents_is_a_config_error(enc_run, capsys):
-    assert main(["sae", enc_run.run_dir, "--set", "sae.k=64", "--set", "sae.latents=32"]) == 2
+def test_k_larger_than_latents_is_a_config_error(encoder_run, capsys):
+    assert main(["sae", encoder_run.run_dir, "--set", "sae.k=64", "--set", "sae.latents=32"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "sae.k (64) must not exceed sae.latents (32)" in err
 
 
-def test_store_from_another_model_is_refused(enc_run, tmp_path, capsys):
+def test_store_from_another_model_is_refused(encoder_run, tmp_path, capsys):
     from seq2reads.atomic import atomic_path
     from seq2reads.sae.activations import StoreWriter
 
-    cfg = _sae_config(enc_run, tmp_path)
+    cfg = _sae_config(encoder_run, tmp_path)
     other = tmp_path / "other_acts"
     with atomic_path(other) as tmp:
         w = StoreWriter(tmp, 32, {"model_hash": "0" * 64, "layer": "block1"})
@@ -154,7 +131,7 @@ def test_store_from_another_model_is_refused(enc_run, tmp_path, capsys):
     assert not (cfg.run_path / "sae" / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("fixture", ["bpnet_run", "enc_run"])
+@pytest.mark.parametrize("fixture", ["bpnet_run", "encoder_run"])
 def test_layer_replacement_hooks(fixture, request):
     """Replacing a layer by itself leaves the model's loss unchanged; zeroing half its channels
     changes it (a rescaling would not: LayerNorm undoes it)."""
