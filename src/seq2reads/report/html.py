@@ -637,7 +637,7 @@ td.num { text-align:right; font-variant-numeric:tabular-nums; font-family:ui-mon
 table.metrics td:first-child { white-space:nowrap; }
 figure { margin:12px 0; } figure img { max-width:100%; height:auto; display:block; }
 figcaption { color:var(--muted); font-size:12.5px; margin-top:2px; }
-img.logo { height:44px; max-width:220px; display:block; }
+img.logo { height:72px; max-width:340px; display:block; }
 .tablewrap { overflow-x:auto; max-width:100%; }
 .cols { display:flex; gap:28px; flex-wrap:wrap; } .cols > div { flex:1 1 400px; }
 .note { color:var(--muted); font-size:12.5px; margin:2px 0; }
