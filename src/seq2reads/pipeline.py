@@ -323,10 +323,10 @@ DEMO_COMMON = [
 # The model section is replaced whole (the simulator's config names a bpnet model; its keys are
 # not valid for the encoder). The encoder costs ~3x more per step on a CPU (and integrated
 # gradients need many steps per region), so it gets fewer epochs and explained regions.
-DEMO_BPNET = ["model={type: bpnet, filters: 32, layers: 5, profile_kernel: 51}", "train.max_epochs=6",
+DEMO_BPNET = ["model={type: bpnet, filters: 32, layers: 5, profile_kernel: 51}", "train.max_epochs=10",
               "train.lr=0.002", "interpret.n_regions=150", "interpret.shuffles=5"]
 DEMO_ENCODER = ["model={type: encoder, d_model: 64, depth: 2, heads: 4, patch: 4, seq_kernels: [1, 9, 25]}",
-                "train.max_epochs=3", "interpret.n_regions=100", "interpret.ig_steps=8"]
+                "train.max_epochs=6", "interpret.n_regions=100", "interpret.ig_steps=8"]
 
 # --quick: seconds-scale settings for CI (the same steps, tiny data and models).
 QUICK_SIM = {"n_regions": 200, "n_cell_types": 2, "seed": 0}

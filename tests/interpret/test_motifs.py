@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from seq2reads.interpret import motifs as M
 from seq2reads.interpret.jaspar import load_jaspar, lookup

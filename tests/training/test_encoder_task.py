@@ -12,7 +12,8 @@ import torch
 from seq2reads.config import validate_config
 from seq2reads.errors import UserError
 from seq2reads.models.encoder import MaskedEncoder
-from seq2reads.training.encoder_task import MaskedEncoderTask, lr_lambda, signal_columns
+from seq2reads.training.encoder_task import MaskedEncoderTask, signal_columns
+from seq2reads.training.tasks import lr_factor
 
 CELLS = ["A", "B", "C"]
 
@@ -114,11 +115,11 @@ def test_cell_type_missing_from_dataset(tmp_path):
 
 
 def test_lr_schedule_warmup_then_cosine():
-    f = [lr_lambda(s, 10, 110, "cosine") for s in range(110)]
+    f = [lr_factor(s, 10, 110, "cosine") for s in range(110)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert f[60] == pytest.approx(0.5, abs=1e-6) and f[-1] < 0.01
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
-    assert lr_lambda(500, 10, 110, "constant") == 1.0
+    assert lr_factor(500, 10, 110, "constant") == 1.0
 
 
 def synthetic_store(n=12, length=64, jitter=4, seed=0):

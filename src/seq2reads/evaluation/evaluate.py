@@ -46,7 +46,7 @@ import numpy as np
 from seq2reads.atomic import write_text_atomic
 from seq2reads.errors import UserError
 from seq2reads.evaluation import metrics as M
-from seq2reads.evaluation.predict import load_trained_model, predict_windows
+from seq2reads.evaluation.predict import load_trained_model, predict_windows, progress_iter
 
 UNIFORM_MIX = 1e-6  # weight of a uniform profile mixed into non-model profiles (finite MNLL)
 MAX_BASELINE_WINDOWS = 5000  # training peaks averaged for the baseline (seeded subsample above)
@@ -113,7 +113,7 @@ def evaluate_predictors(store, indices: np.ndarray, predictors: dict, batch_size
     is_peak = store.regions["kind"].to_numpy()[indices] == "peak"
     cols = {name: _Collector(len(cells)) for name in predictors}
     batches = iter_batches(store, indices, batch_size)
-    for batch in _progress(batches, math.ceil(len(indices) / batch_size), "evaluating", progress):
+    for batch in progress_iter(batches, math.ceil(len(indices) / batch_size), "evaluating", progress):
         counts = center_crop(batch["signal"], L).numpy()
         mask = center_crop(batch["mask"], L).numpy()
         for name, fn in predictors.items():
@@ -404,19 +404,6 @@ def _json_clean(x):
     if isinstance(x, np.bool_):
         return bool(x)
     return x
-
-
-def _progress(it, total: int, label: str, enabled: bool):
-    if not enabled:
-        yield from it
-        return
-    from rich.progress import Progress
-
-    with Progress(transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        for x in it:
-            yield x
-            bar.advance(task)
 
 
 def print_table(result: dict) -> None:

@@ -251,7 +251,7 @@ def predict(cfg, regions: str | Path | None = None, genome_wide: bool = False, o
                 writers[ci, si] = bw
         try:
             pieces = predict_intervals(model, genome, intervals, input_len, output_len, step, batch_size)
-            for chrom, start, values in _progress(pieces, n_tiles, "predicting", progress):
+            for chrom, start, values in progress_iter(pieces, n_tiles, "predicting", progress):
                 if values.shape[0] != len(cells):
                     raise UserError(
                         f"the model predicts {values.shape[0]} cell types but the config names {len(cells)}: "
@@ -265,7 +265,8 @@ def predict(cfg, regions: str | Path | None = None, genome_wide: bool = False, o
     return out
 
 
-def _progress(it, total: int, label: str, enabled: bool):
+def progress_iter(it, total: int, label: str, enabled: bool):
+    """Yield from ``it`` with a transient rich progress bar of ``total`` steps when ``enabled``."""
     if not enabled:
         yield from it
         return

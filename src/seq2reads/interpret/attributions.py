@@ -55,7 +55,7 @@ from torch import nn
 
 from seq2reads.atomic import atomic_path
 from seq2reads.errors import UserError
-from seq2reads.interpret.targets import AllTargets, encoder_outputs, expand_targets, make_target, select_target
+from seq2reads.interpret.targets import AllTargets, encoder_outputs, expand_targets, select_target
 
 log = logging.getLogger(__name__)
 FORMAT_NOTE = "ohe/attr are (N, 4, L) channels-first; attr is hypothetical; contributions = attr * ohe"

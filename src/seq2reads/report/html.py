@@ -154,7 +154,7 @@ def section_data(cfg: Config, run: Path) -> str:
         "<h3>Windows per split</h3>" + table(rows, ["split", *kinds, "total"]) +
         "<h3>Chromosomes per split</h3>" + table(chrom_rows, ["split", "chromosomes"]) +
         "</div><div>"
-        f"<h3>Reads per output window</h3>" +
+        "<h3>Reads per output window</h3>" +
         table(cell_rows, ["cell type", "peak median", "peak mean", "background median", "peaks with reads"]) +
         f'<p class="note">From {len(idx):,} of {n:,} windows.</p>'
         "</div></div>" + figure(fig, "Reads per output window (both strands) by cell type, peaks vs background; "

@@ -167,9 +167,8 @@ def analyse_features(cfg, model, sae, store, ds, layer: str, out: Path, progress
     import pandas as pd
 
     from seq2reads.data.loader import iter_batches
-    from seq2reads.sae.features import (FEATURE_COLUMNS, best_per_latent, enrichment, latent_attributions,
-                                        latent_motifs, latent_stats, planted_overlap, plot_heatmap,
-                                        select_latents, top_pairs)
+    from seq2reads.sae.features import (FEATURE_COLUMNS, best_per_latent, enrichment, latent_stats,
+                                        planted_overlap, plot_heatmap, select_latents, top_pairs)
 
     scfg = cfg.sae
     cells = list(ds.samples)

@@ -22,7 +22,6 @@ masked-mode losses under fixed-seed masks (``val/loss_reads_masked``, ``val/loss
 
 from __future__ import annotations
 
-import math
 
 import lightning as L
 import torch
@@ -31,6 +30,7 @@ from seq2reads.errors import UserError
 from seq2reads.models.balancing import AdaptiveBalancer
 from seq2reads.models.heads import cell_loss, count_loss, profile_loss, sequence_loss
 from seq2reads.models.masking import Masks, masks_from_config
+from seq2reads.training.tasks import lr_factor
 
 LOSS_NAMES = ("reads", "count", "seq", "cell")
 
@@ -67,17 +67,6 @@ def masked_losses(model, out: dict, seq, reads, loss_mask, masks: Masks, cell1h,
         "seq": sequence_loss(out["seq_logits"], seq, masks.seq),
         "cell": cell_loss(out["cell_logits"], cell1h, masks.cell),
     }
-
-
-def lr_lambda(step: int, warmup: int, total: int, schedule: str) -> float:
-    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to 0 over the
-    remaining steps (``cosine``) or constant (``constant``, ``plateau``)."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule != "cosine" or total <= warmup:
-        return 1.0
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 class MaskedEncoderTask(L.LightningModule):
@@ -191,5 +180,5 @@ class MaskedEncoderTask(L.LightningModule):
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss", "interval": "epoch"}}
         total = tc.max_steps if tc.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
         warmup, schedule = tc.warmup_steps, tc.schedule
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, warmup, total, schedule))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total, schedule))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
