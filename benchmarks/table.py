@@ -27,6 +27,25 @@ MACHINE_KEYS = ("machine", "device", "host", "hardware")
 TARGET_KEYS = ("target", "goal")
 SKIP_KEYS = {"note", "notes", "command", "config", "version", "package_version"}
 MAX_FIGURES = 10
+# The figures each benchmark is judged by come first in its row; targets from SPEC.md where the
+# results file does not state one.
+HEADLINES = {
+    "loader": ["windows_per_s_memory", "windows_per_s_streaming"],
+    "prepare": ["speedup", "cpu_time_ratio", "prepare_windows_per_s", "naive_windows_per_s", "load_average_1min"],
+    "train_step": ["cpu.speedup", "cpu.seq2reads_windows_per_s", "cpu.bpnet_lite_windows_per_s", "cpu.precision",
+                   "load_avg_1min"],
+    "accuracy": ["seq2reads.profile_pearson", "bpnet_lite.profile_pearson", "ceiling.profile_pearson",
+                 "seq2reads.count_pearson", "bpnet_lite.count_pearson", "ceiling.count_pearson",
+                 "seq2reads.profile_jsd", "bpnet_lite.profile_jsd", "data.simulated_regions", "epochs"],
+    "attribution": ["speedup", "pearson_min", "seconds_ours", "seconds_tangermeme", "shuffles"],
+    "encoder_accuracy": ["encoder_s2r.profile_pearson", "ceiling.profile_pearson", "encoder_s2r.count_pearson",
+                         "ceiling.count_pearson", "epochs", "data.simulated_regions"],
+    "encoder_speed": ["setting", "tokens_per_s", "windows_per_s", "peak_rss_mb", "load_avg_1min"],
+}
+TARGETS = {
+    "loader": ">= 20,000 windows/s", "prepare": ">= 10x naive", "train_step": ">= 1.5x bpnet-lite",
+    "attribution": ">= 1x tangermeme, r >= 0.99",
+}
 
 
 def load_results(results: Path = RESULTS) -> list[tuple[Path, dict]]:
@@ -89,15 +108,19 @@ def row(f: Path, obj: dict) -> list[str]:
     """One Markdown table row: benchmark, figures, target, machine, date."""
     used = set(NAME_KEYS) | set(DATE_KEYS) | set(MACHINE_KEYS) | set(TARGET_KEYS) | SKIP_KEYS
     figures = []
-    for k, v in _flatten({k: v for k, v in obj.items() if k not in used}):
+    name = str(_first(obj, NAME_KEYS) or f.stem)
+    first = HEADLINES.get(name, [])
+    flat = sorted(_flatten({k: v for k, v in obj.items() if k not in used}),
+                  key=lambda kv: first.index(kv[0]) if kv[0] in first else len(first))
+    for k, v in flat:
         if isinstance(v, (int, float, bool)) or (isinstance(v, str) and len(v) <= 40) or isinstance(v, list):
             s = _fmt(v)
             if len(s) <= 60:
                 figures.append(f"{k} = {s}")
     more = f" (+{len(figures) - MAX_FIGURES} more in {f.name})" if len(figures) > MAX_FIGURES else ""
-    target = _first(obj, TARGET_KEYS)
+    target = _first(obj, TARGET_KEYS) or TARGETS.get(name)
     target_s = "; ".join(f"{k} {v}" for k, v in target.items()) if isinstance(target, dict) else _fmt(target or "–")
-    cells = [str(_first(obj, NAME_KEYS) or f.stem), "; ".join(figures[:MAX_FIGURES]) + more, target_s,
+    cells = [name, "; ".join(figures[:MAX_FIGURES]) + more, target_s,
              str(_first(obj, MACHINE_KEYS) or "–"), _date(obj, f)]
     return [c.replace("|", "\\|").replace("\n", " ") for c in cells]
 
