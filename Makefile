@@ -6,13 +6,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test install browser bench-deps clean
+.PHONY: demo test install browser clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# bpnet-lite is the reference model that tests and benchmarks compare against; --no-deps
+	# skips its data-processing dependency (macs3, a slow source build) that its BPNet does not use.
+	$(BIN)/python -m pip install -q --no-deps 'bpnet-lite>=0.8'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,11 +31,6 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q
-
-# bpnet-lite is only the reference the benchmarks compare against; --no-deps skips its
-# data-processing dependency (macs3), which the BPNet model itself does not use.
-bench-deps: $(STAMP)
-	$(BIN)/python -m pip install -q --no-deps 'bpnet-lite>=0.8'
 
 clean:
 	rm -rf $(VENV) .pytest_cache

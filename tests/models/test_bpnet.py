@@ -52,7 +52,7 @@ def test_longer_input_is_centre_cropped():
 
 def test_profile_matches_bpnet_lite_with_same_weights():
     """Valid convolutions give bpnet-lite's (same-padding, cropped) profile exactly."""
-    bl = pytest.importorskip("bpnetlite.bpnet")
+    import bpnetlite.bpnet as bl  # installed by the Makefile (pip --no-deps)
     torch.manual_seed(0)
     ref = bl.BPNet(n_filters=8, n_layers=3, n_control_tracks=0, verbose=False).eval()
     out_len = 50
