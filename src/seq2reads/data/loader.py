@@ -25,6 +25,7 @@ per-example).
 
 from __future__ import annotations
 
+import abc
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -53,7 +54,7 @@ def center_crop(x, length: int):
     return x[..., start : start + length]
 
 
-class _Source:
+class _Source(abc.ABC):
     """Rows of the store as numpy arrays.
 
     ``rows(idx) -> (seq (R, S), signal (R, C, 2, S), mask (R, S), pos (B,))``: arrays holding the
@@ -63,8 +64,9 @@ class _Source:
     input_len: int
     jitter: int
 
-    def rows(self, idx: np.ndarray):  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Arrays holding the rows ``idx`` and the position of each of them in those arrays."""
 
 
 class MemorySource(_Source):
