@@ -141,3 +141,17 @@ def test_bad_genome_files(tmp_path):
         f.write(">chr1\nACGT\n")
     with pytest.raises(UserError, match="bgzip"):
         Genome(gz)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_window_codes_match_codes(tmp_path, compress):
+    fa = write_fasta(tmp_path / "g.fa")
+    g = Genome(bgzip(fa) if compress else fa)
+    L = g.chroms["chr1"]
+    starts = np.array([-5, 0, 17, L - 30, L - 3, L + 2])
+    out = g.window_codes("chr1", starts, 12)
+    assert out.shape == (6, 12) and out.dtype == np.uint8
+    for s, row in zip(starts.tolist(), out):
+        np.testing.assert_array_equal(row, g.codes("chr1", s, s + 12))
+    with pytest.raises(UserError, match="not in genome"):
+        g.window_codes("chrZ", starts, 12)

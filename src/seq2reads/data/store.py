@@ -60,6 +60,16 @@ ROWS_PER_TASK_CHUNKS = 4
 # Below these many windows, starting workers costs more than it saves (forked workers start in
 # milliseconds; forkserver/spawn ones import numpy/zarr/pysam again, seconds on a busy machine).
 PARALLEL_MIN_WINDOWS = {"fork": 1000, "forkserver": 20000, "spawn": 20000}
+# Blosc-LZ4 per array: sparse counts compress ~20x at a fraction of zstd's cost. No shuffle for
+# the signal (its bytes are mostly zero words either way; shuffling only adds ~50% compression
+# time and makes the output larger); bit shuffle for the sequence (2 bits of 8 carry the base, so
+# it halves the size and compresses 4x faster than byte-wise LZ4).
+BLOSC = {
+    "seq": {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"},
+    "signal": {"cname": "lz4", "clevel": 5, "shuffle": "noshuffle"},
+    "mask": {"cname": "lz4", "clevel": 5, "shuffle": "noshuffle"},
+    "replicate_signal": {"cname": "lz4", "clevel": 5, "shuffle": "noshuffle"},
+}
 
 log = logging.getLogger(__name__)
 
@@ -190,18 +200,55 @@ def _copy_windows(dst: np.ndarray, block: np.ndarray, offsets: np.ndarray, S: in
             dst[i] = block[..., o : o + S]
 
 
-def _raw_values(track, chrom: str, start: int, end: int) -> np.ndarray:
+def _scatter(flat: np.ndarray, row_at: np.ndarray, starts: np.ndarray, S: int, pos: np.ndarray, val: np.ndarray,
+             add: bool = False) -> None:
+    """``flat[row_at[i] + p - starts[i]] (=|+=) v`` for every entry (p, v) in window ``i`` = ``[starts[i], + S)``.
+
+    ``flat`` is a flat view of the output, ``row_at[i]`` where window ``i``'s S values begin in it;
+    ``pos`` is sorted and unique, so each target occurs once. Cost is proportional to the entries
+    inside the windows, not to the windows' length: the point for sparse tracks.
+    """
+    j0 = np.searchsorted(pos, starts)
+    cnt = np.searchsorted(pos, starts + S) - j0
+    total = int(cnt.sum())
+    if not total:
+        return
+    # entry index of each (window, entry) pair: j0[i], j0[i] + 1, ..., j0[i] + cnt[i] - 1
+    k = np.arange(total) + np.repeat(j0 - (np.cumsum(cnt) - cnt), cnt)
+    idx = pos[k] + np.repeat(row_at - starts, cnt)
+    if add:
+        flat[idx] += val[k]
+    else:
+        flat[idx] = val[k]
+
+
+def _fill_track(out: np.ndarray, c: int, track, chrom: str, i0: int, i1: int, bs: int, be: int,
+                starts: np.ndarray, add: bool) -> bool:
+    """Fill ``out[i0:i1, c]`` ((n, C, 2, S), C-contiguous) with ``track`` over windows ``starts[i0:i1]``
+    inside block ``[bs, be)``.
+
+    Sparse tracks scatter their entries; dense ones are read as a block and sliced. ``add`` sums
+    into ``out`` (replicates). Returns True when raw bigWig values were copied (the caller then
+    applies :func:`~seq2reads.data.tracks.clean_values` to those windows).
+    """
     from seq2reads.data.tracks import BigWigPairTrack
 
-    if isinstance(track, BigWigPairTrack):
-        return track.values(chrom, start, end, raw=True)
-    return track.values(chrom, start, end)
+    _, C, _, S = out.shape
+    st = starts[i0:i1]
+    if track.sparse:
+        flat = out.reshape(-1)
+        for strand, (pos, val) in enumerate(track.entries(chrom, bs, be)):
+            row_at = (np.arange(i0, i1) * (2 * C) + (2 * c + strand)) * S
+            _scatter(flat, row_at, st, S, pos, val, add)
+        return False
+    raw = isinstance(track, BigWigPairTrack) and not add
+    block = track.values(chrom, bs, be, raw=True) if raw else track.values(chrom, bs, be)
+    _copy_windows(out[i0:i1, c], block, st - bs, S, add)
+    return raw
 
 
 def _fill_task(job: dict) -> tuple[int, np.ndarray, np.ndarray]:
     """Compute and write rows ``[r0, r1)``; return (r0, output-window totals (n, C), gc (n,))."""
-    import zarr
-
     from seq2reads.data.genome import N_CODE, gc_fraction
     from seq2reads.data.tracks import clean_values
 
@@ -209,43 +256,86 @@ def _fill_task(job: dict) -> tuple[int, np.ndarray, np.ndarray]:
     S, out_len, genome, tracks, reps = job["S"], job["output_len"], job["genome"], job["tracks"], job["replicates"]
     exclude = job["exclude"]
     n, C = len(starts), len(tracks)
-    seq = np.full((n, S), N_CODE, np.uint8)
+    seq = np.empty((n, S), np.uint8)
     sig = np.zeros((n, C, 2, S), np.float32)
     rep = np.zeros((n, C, 2, S), np.float32) if job["has_rep"] else None
-    mask = np.ones((n, S), bool)
     ends = starts + S
+    raw_tracks = np.zeros(C, bool)
     # chroms is sorted in blocks of equal names: walk the runs
     change = np.r_[0, np.nonzero(chroms[1:] != chroms[:-1])[0] + 1, n]
     for a, b in zip(change[:-1], change[1:]):
         chrom = chroms[a]
+        genome.window_codes(chrom, starts[a:b], S, out=seq[a:b])
         for i0, i1, bs, be in _blocks(starts[a:b], ends[a:b]):
             i0, i1 = i0 + a, i1 + a
-            off = starts[i0:i1] - bs
-            codes = genome.codes(chrom, bs, be)
-            bmask = codes != N_CODE
-            if chrom in exclude:
-                xs, xe = exclude[chrom]
-                j0, j1 = np.searchsorted(xe, bs, side="right"), np.searchsorted(xs, be, side="left")
-                for s_, e_ in zip(xs[j0:j1], xe[j0:j1]):
-                    bmask[max(s_ - bs, 0) : max(e_ - bs, 0)] = False
-            _copy_windows(seq[i0:i1], codes, off, S)
-            _copy_windows(mask[i0:i1], bmask, off, S)
             for c, t in enumerate(tracks):
-                _copy_windows(sig[i0:i1, c], _raw_values(t, chrom, bs, be), off, S)
+                raw_tracks[c] |= _fill_track(sig, c, t, chrom, i0, i1, bs, be, starts, add=False)
                 for r in reps[c]:
-                    _copy_windows(rep[i0:i1, c], r.values(chrom, bs, be), off, S, add=True)
-    clean_values(sig)  # abs / NaN -> 0 of raw bigWig values, on the windows only
+                    _fill_track(rep, c, r, chrom, i0, i1, bs, be, starts, add=True)
+    for c in np.nonzero(raw_tracks)[0]:
+        clean_values(sig[:, c])  # abs / NaN -> 0 of raw bigWig values, on the windows only
+    mask = seq != N_CODE
+    for a, b in zip(change[:-1], change[1:]):
+        if chroms[a] in exclude:
+            _mask_intervals(mask[a:b], starts[a:b], *exclude[chroms[a]])
     lo = (S - out_len) // 2
     totals = sig[:, :, :, lo : lo + out_len].sum(axis=(2, 3), dtype=np.float64)
     gc = gc_fraction(seq)
-    root = job["root"]
-    r1 = r0 + n
     outputs = {"seq": seq, "signal": sig, "mask": mask, "replicate_signal": rep}
-    for name, arr in outputs.items():
-        if root is not None and arr is not None:
-            # write_empty_chunks: skip zarr's all-fill-value check of every chunk (halves write CPU)
-            zarr.open_array(f"{root}/{name}", mode="r+").with_config({"write_empty_chunks": True})[r0:r1] = arr
+    for name, (files, codec) in (job["out"] or {}).items():
+        _write_chunks(files, outputs[name], job["chunk"], codec)
     return r0, totals, np.atleast_1d(gc)
+
+
+def _mask_intervals(mask: np.ndarray, starts: np.ndarray, xs: np.ndarray, xe: np.ndarray) -> None:
+    """Set ``mask[i]`` False over the sorted, merged intervals ``[xs, xe)`` inside window ``i``."""
+    S = mask.shape[-1]
+    j0 = np.searchsorted(xe, starts, side="right")
+    j1 = np.searchsorted(xs, starts + S, side="left")
+    for i in np.nonzero(j1 > j0)[0].tolist():
+        s = int(starts[i])
+        for a, b in zip(xs[j0[i] : j1[i]].tolist(), xe[j0[i] : j1[i]].tolist()):
+            mask[i, max(a - s, 0) : max(b - s, 0)] = False
+
+
+def _chunk_files(root: str, name: str) -> tuple[list[str], dict]:
+    """The file of every chunk of Zarr array ``root/name`` (row chunks) and its Blosc settings."""
+    import zarr
+
+    a = zarr.open_array(f"{root}/{name}", mode="r")
+    (blosc,) = a.compressors
+    shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[blosc.shuffle.value]
+    codec = {"cname": blosc.cname.value, "clevel": blosc.clevel, "shuffle": shuffle, "blocksize": blosc.blocksize,
+             "typesize": blosc.typesize}
+    rest = (0,) * (a.ndim - 1)
+    n = -(-a.shape[0] // a.chunks[0])
+    return [f"{root}/{name}/{a.metadata.encode_chunk_key((i, *rest))}" for i in range(n)], codec
+
+
+def _write_chunks(files: list[str], arr: np.ndarray, chunk: int, codec: dict) -> None:
+    """Write ``arr`` (rows of whole ``chunk``-row chunks; the array's last may be partial) as the chunk
+    ``files`` of a Zarr array.
+
+    Written by hand rather than with ``zarr_array[r0:r1] = arr``: zarr copies every chunk into a
+    freshly filled buffer and runs the codec through its async pipeline, which costs as much CPU
+    again as the compression itself here. The bytes are zarr's own (its Blosc codec is numcodecs'
+    Blosc with the array's settings, ``codec`` from :func:`_chunk_files`; tests read the store back
+    through zarr).
+    """
+    from numcodecs import Blosc
+
+    blosc = Blosc(**codec)
+    for k, path in enumerate(files):
+        rows = arr[k * chunk : (k + 1) * chunk]
+        if len(rows) < chunk:
+            # zarr stores edge chunks full-size, padded with the fill value (0 / False)
+            full = np.zeros((chunk, *arr.shape[1:]), arr.dtype)
+            full[: len(rows)] = rows
+            rows = full
+        out = Path(path)
+        if not out.parent.exists():
+            out.parent.mkdir(parents=True)
+        out.write_bytes(blosc.encode(np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("<"))))
 
 
 # -- prepare -------------------------------------------------------------------------------------
@@ -294,17 +384,18 @@ def prepare(cfg, workers: int | None = None, progress: bool = True) -> Path:
     out = cfg.run_path / DATASET_DIR
     with atomic_path(out) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        # Blosc-LZ4 with byte shuffle: sparse counts compress ~15x at a fraction of zstd's cost.
-        comp = {"compressors": [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]}
-        root.create_array("seq", shape=(W, S), chunks=(chunk, S), dtype="uint8", **comp)
-        root.create_array("signal", shape=(W, C, 2, S), chunks=(chunk, C, 2, S), dtype="float32", **comp)
-        root.create_array("mask", shape=(W, S), chunks=(chunk, S), dtype="bool", **comp)
+        # Chunk files named c.i.0.0.0 in the array's folder rather than nested c/i/0/0/0 folders:
+        # creating and (on a re-run) deleting hundreds of folders costs more than writing the data.
+        arrays = {"seq": ((W, S), "uint8"), "signal": ((W, C, 2, S), "float32"), "mask": ((W, S), "bool")}
         if any(has_rep):
-            root.create_array("replicate_signal", shape=(W, C, 2, S), chunks=(chunk, C, 2, S), dtype="float32",
-                              **comp)
+            arrays["replicate_signal"] = ((W, C, 2, S), "float32")
+        for name, (shape, dtype) in arrays.items():
+            root.create_array(name, shape=shape, chunks=(chunk, *shape[1:]), dtype=dtype, fill_value=0,
+                              compressors=[BloscCodec(**BLOSC[name])],
+                              chunk_key_encoding={"name": "default", "separator": "."})
         totals, win["gc"] = run_tasks(cfg, inp, win, str(tmp), chunk, workers, progress)
         _write_regions(root, win)
-        root.attrs.update(_attrs(cfg, win, totals, has_rep, past, chunk))
+        root.update_attributes(_attrs(cfg, win, totals, has_rep, past, chunk))  # one metadata write
     save_run_config(cfg)
     return out
 
@@ -330,10 +421,15 @@ def run_tasks(cfg, inp: Inputs, win: pd.DataFrame, root: str | None, chunk: int,
     chrom_arr = win["chrom"].to_numpy(dtype=object)
     start_arr = win["start"].to_numpy(np.int64)
     has_rep = any(bool(r) for r in inp.replicates)
+    files = {}
+    if root is not None:
+        for name in ("seq", "signal", "mask") + (("replicate_signal",) if has_rep else ()):
+            files[name] = _chunk_files(root, name)
     jobs = []
     for r0 in range(0, W, per_task):
         r1 = min(W, r0 + per_task)
-        jobs.append(dict(root=root, r0=r0, chroms=chrom_arr[r0:r1], starts=start_arr[r0:r1], S=S,
+        out = {k: (f[r0 // chunk : -(-r1 // chunk)], codec) for k, (f, codec) in files.items()}
+        jobs.append(dict(out=out, r0=r0, chroms=chrom_arr[r0:r1], starts=start_arr[r0:r1], S=S, chunk=chunk,
                          output_len=cfg.window.output, genome=inp.genome, tracks=inp.tracks,
                          replicates=inp.replicates, has_rep=has_rep,
                          exclude={c: exclude[c] for c in set(chrom_arr[r0:r1]) if c in exclude}))
@@ -346,12 +442,7 @@ def run_tasks(cfg, inp: Inputs, win: pd.DataFrame, root: str | None, chunk: int,
 
 
 def _run_jobs(jobs, workers: int, progress: bool, W: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from rich.console import Console
-
-    cols = [TextColumn("preparing windows"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with Progress(*cols, console=Console(stderr=True), disable=not progress, transient=False) as bar:
+    with _progress_bar(progress) as bar:
         task = bar.add_task("prepare", total=W)
         if workers <= 0 or len(jobs) == 1:
             for j in jobs:
@@ -375,6 +466,32 @@ def _run_jobs(jobs, workers: int, progress: bool, W: int):
                 nxt = next(it, None)
                 if nxt is not None:
                     pending.append(ex.submit(_fill_task, nxt))
+
+
+def _progress_bar(show: bool):
+    """A rich progress bar on stderr, or a stand-in that does nothing (rich is not even imported:
+    its import costs ~0.1 s CPU)."""
+    if not show:
+        return _NoBar()
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    cols = [TextColumn("preparing windows"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    return Progress(*cols, console=Console(stderr=True), transient=False)
+
+
+class _NoBar:
+    def __enter__(self) -> "_NoBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_task(self, *args, **kwargs) -> int:
+        return 0
+
+    def advance(self, *args, **kwargs) -> None:
+        return None
 
 
 def _start_method() -> str:

@@ -44,8 +44,16 @@ Counting rules (BAM/CRAM)
   mates, each on read 1's strand (so the fragment keeps one strand).
 - ``flip_strand`` puts a count on the strand opposite to read 1's alignment strand.
 
-Extraction is vectorised: a block's reads are fetched once and their positions binned with
-``numpy.bincount`` (coverage through a difference array), never one base at a time.
+Extraction is vectorised: a block's reads are fetched once and their positions binned with numpy
+(coverage through a difference array), never one base at a time.
+
+Sparse access (``prepare``)
+---------------------------
+Besides the dense ``values``, a track whose ``sparse`` attribute is True answers
+``.entries(chrom, start, end)``: per strand, the sorted positions that carry a non-zero value and
+those values (``float32``, already ``abs`` and NaN-free), i.e. exactly the non-zero entries of
+``values``. Read-end counts from a BAM and base-resolution bigWigs are ~99% zeros, so ``prepare``
+scatters these entries into its zero-filled windows instead of building and copying dense blocks.
 """
 
 from __future__ import annotations
@@ -56,6 +64,12 @@ from pathlib import Path
 import numpy as np
 
 from seq2reads.errors import UserError, require_file
+
+# bigWigs with a stored value on fewer than this fraction of bases are read sparsely (see
+# seq2reads.data.bigwig); above it a dense array is the cheaper form.
+SPARSE_MAX_COVERED = 0.25
+
+Entries = tuple[np.ndarray, np.ndarray]  # (positions int64 sorted, values float32)
 
 
 @dataclass(frozen=True)
@@ -114,11 +128,13 @@ class BigWigPairTrack:
             if _sniff_track(p) != "bigwig":
                 raise UserError(f"{p} is not a bigWig file: give stranded bigWigs (plus/minus) or a bam for this sample.")
         self._handles = None
+        self._sparse_readers: list | None = None
         self._chroms: dict[str, int] | None = None
 
     def __getstate__(self):
         d = dict(self.__dict__)
         d["_handles"] = None
+        d["_sparse_readers"] = None
         return d
 
     def _open(self):
@@ -168,10 +184,49 @@ class BigWigPairTrack:
                 clean_values(seg)
         return out
 
+    def _readers(self) -> list:
+        """Per strand a :class:`~seq2reads.data.bigwig.BigWigIndex`, or ``[]`` if either file is dense
+        or not readable that way."""
+        if self._sparse_readers is None:
+            from seq2reads.data.bigwig import open_sparse
+
+            rs = [open_sparse(p) for p in self.paths]
+            ok = all(r is not None and r.covered_fraction <= SPARSE_MAX_COVERED for r in rs)
+            if not ok:
+                for r in rs:
+                    if r is not None:
+                        r.close()
+            self._sparse_readers = rs if ok else []
+        return self._sparse_readers
+
+    @property
+    def sparse(self) -> bool:
+        """True when both files are sparse enough for :meth:`entries` to beat :meth:`values`."""
+        return bool(self._readers())
+
+    def entries(self, chrom: str, start: int, end: int) -> tuple[Entries, Entries]:
+        """Per strand (plus, minus) the non-zero entries of :meth:`values` in ``[start, end)``.
+
+        Only when :attr:`sparse`. Returns ((positions int64 sorted, values float32 > 0), ...).
+        """
+        out = []
+        for r in self._readers():
+            pos, val = r.entries(chrom, int(start), int(end))
+            val = np.abs(val)
+            keep = val > 0  # drops zeros and NaN, which values() turns into 0
+            out.append((pos[keep], val[keep]) if not keep.all() else (pos, val))
+        return out[0], out[1]
+
     def close(self) -> None:
         for h in self._handles or ():
             h.close()
+        for r in self._sparse_readers or ():
+            r.close()
         self._handles = None
+        self._sparse_readers = None
+
+
+_NO_POS = np.zeros(0, np.int64)
 
 
 class BamTrack:
@@ -225,53 +280,78 @@ class BamTrack:
             self._chroms = {n: int(ln) for n, ln in zip(h.references, h.lengths)}
         return self._chroms
 
+    @property
+    def sparse(self) -> bool:
+        """True for read-end counts (``entries`` available); False for coverage."""
+        return self.rule.end != "coverage"
+
     def values(self, chrom: str, start: int, end: int) -> np.ndarray:
         """Per-base counts ``float32 (2, end - start)`` (RNA plus, minus), zero outside the chromosome."""
         start, end = int(start), int(end)
         L = end - start
+        out = np.zeros((2, L), dtype=np.float32)
         length = self.chroms.get(chrom)
-        if not length:
-            return np.zeros((2, L), dtype=np.float32)
-        lo, hi = max(start, 0), min(end, length)
-        if hi <= lo:
-            return np.zeros((2, L), dtype=np.float32)
+        if not length or min(end, length) <= max(start, 0):
+            return out
         if self.rule.end == "coverage":
-            starts, stops, strand = self._blocks(chrom, lo, hi)
+            starts, stops, strand = self._blocks(chrom, max(start, 0), min(end, length))
             # Coverage through a difference array: +1 at each block start, -1 at its end.
             n = 2 * (L + 1)
             up = np.bincount(strand * (L + 1) + np.clip(starts - start, 0, L), minlength=n)
             down = np.bincount(strand * (L + 1) + np.clip(stops - start, 0, L), minlength=n)
             diff = (up - down).reshape(2, L + 1)
             return np.cumsum(diff[:, :L], axis=1).astype(np.float32)
-        pos, strand = self._ends(chrom, lo, hi)
-        keep = (pos >= start) & (pos < end)
-        idx = strand[keep].astype(np.int64) * L + (pos[keep] - start)
-        return np.bincount(idx, minlength=2 * L).astype(np.float32).reshape(2, L)
+        for s, (pos, cnt) in enumerate(self.entries(chrom, start, end)):
+            out[s, pos - start] = cnt
+        return out
+
+    def entries(self, chrom: str, start: int, end: int) -> tuple[Entries, Entries]:
+        """Per strand (plus, minus): sorted positions in ``[start, end)`` with counts, and the counts.
+
+        Read-end rules only (not ``coverage``). Returns ((positions int64, counts float32), ...).
+        """
+        start, end = int(start), int(end)
+        length = self.chroms.get(chrom) or 0
+        lo, hi = max(start, 0), min(end, length)
+        out = []
+        for pos in self._ends(chrom, lo, hi) if hi > lo else (_NO_POS, _NO_POS):
+            pos = pos[(pos >= lo) & (pos < hi)]
+            pos, cnt = np.unique(pos, return_counts=True)
+            out.append((pos, cnt.astype(np.float32)))
+        return out[0], out[1]
 
     # pysam yields one object per read (there is no vectorised reader), so reads are filtered in
-    # a Python loop; positions are then binned with numpy, never base by base.
+    # a Python loop kept to the bare attribute reads; positions are then counted with numpy.
     def _ends(self, chrom: str, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        """Counted read-end positions and strands (0/1) of the reads overlapping ``[lo, hi)``."""
+        """Counted read-end positions (int64, unsorted) of the reads overlapping ``[lo, hi)``, per strand."""
         h = self._open()
-        five, flip, min_mapq = self.rule.end == 5, int(self.rule.flip_strand), self.min_mapq
-        pos: list[int] = []
-        strand: list[int] = []
+        five, min_mapq = self.rule.end == 5, self.min_mapq
+        fwd: list[int] = []  # reads aligned on the + strand
+        rev: list[int] = []
+        add_fwd, add_rev = fwd.append, rev.append
         for r in h.fetch(chrom, lo, hi):
             flag = r.flag
-            # 0xF04: unmapped, secondary, QC-fail, duplicate, supplementary; 0x80 = read 2 of a pair
-            if flag & 0xF04 or r.mapping_quality < min_mapq or (flag & 0x1 and flag & 0x80):
+            # 0xF04: unmapped, secondary, QC-fail, duplicate, supplementary; 0x81: read 2 of a pair
+            if flag & 0xF04 or (flag & 0x81) == 0x81 or r.mapping_quality < min_mapq:
                 continue
-            rev = flag & 0x10
             # 5' end: first aligned base on + reads, last on - reads; 3' end the other way round.
-            if five != bool(rev):
-                pos.append(r.reference_start)
+            # (reference_end is None for a mapped read without a CIGAR: no alignment end to count)
+            if flag & 0x10:
+                if five:
+                    e = r.reference_end
+                    if e is not None:
+                        add_rev(e - 1)
+                else:
+                    add_rev(r.reference_start)
+            elif five:
+                add_fwd(r.reference_start)
             else:
                 e = r.reference_end
-                if e is None:  # mapped but without a CIGAR: no alignment end to count
-                    continue
-                pos.append(e - 1)
-            strand.append((1 if rev else 0) ^ flip)
-        return np.asarray(pos, np.int64), np.asarray(strand, np.int64)
+                if e is not None:
+                    add_fwd(e - 1)
+        ends = (np.asarray(fwd, np.int64), np.asarray(rev, np.int64))
+        # the RNA strand: the read's own, or the opposite one with flip_strand
+        return (ends[1], ends[0]) if self.rule.flip_strand else ends
 
     def _blocks(self, chrom: str, lo: int, hi: int):
         """Aligned blocks (starts, stops, strand) of reads overlapping ``[lo, hi)`` (coverage)."""
