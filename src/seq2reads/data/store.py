@@ -35,6 +35,7 @@ import logging
 import math
 import multiprocessing
 import os
+import pickle
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -223,13 +224,20 @@ def _scatter(flat: np.ndarray, row_at: np.ndarray, starts: np.ndarray, S: int, p
 
 
 def _fill_track(out: np.ndarray, c: int, track, chrom: str, i0: int, i1: int, bs: int, be: int,
-                starts: np.ndarray, add: bool) -> bool:
+                starts: np.ndarray, add: bool, totals: np.ndarray | None = None,
+                out_lo: int = 0, out_len: int = 0) -> tuple[bool, bool]:
     """Fill ``out[i0:i1, c]`` ((n, C, 2, S), C-contiguous) with ``track`` over windows ``starts[i0:i1]``
     inside block ``[bs, be)``.
 
-    Sparse tracks scatter their entries; dense ones are read as a block and sliced. ``add`` sums
-    into ``out`` (replicates). Returns True when raw bigWig values were copied (the caller then
-    applies :func:`~seq2reads.data.tracks.clean_values` to those windows).
+    Sparse tracks scatter their entries (and, given ``totals`` (n, C), add each window's sum over
+    ``[out_lo, out_lo + out_len)`` to ``totals[i, c]`` from the entries); dense ones are read as a
+    block and sliced. ``add`` sums into ``out`` (replicates).
+
+    Returns
+    -------
+    (dense, raw): whether the track was read densely (its totals are left to the caller) and
+    whether raw bigWig values were copied (the caller then applies
+    :func:`~seq2reads.data.tracks.clean_values` to those windows).
     """
     from seq2reads.data.tracks import BigWigPairTrack
 
@@ -240,27 +248,52 @@ def _fill_track(out: np.ndarray, c: int, track, chrom: str, i0: int, i1: int, bs
         for strand, (pos, val) in enumerate(track.entries(chrom, bs, be)):
             row_at = (np.arange(i0, i1) * (2 * C) + (2 * c + strand)) * S
             _scatter(flat, row_at, st, S, pos, val, add)
-        return False
+            if totals is not None and len(pos):
+                # window sums as differences of a running sum: O(entries), exact for counts
+                run = np.concatenate(([0.0], np.cumsum(val, dtype=np.float64)))
+                a = np.searchsorted(pos, st + out_lo)
+                totals[i0:i1, c] += run[np.searchsorted(pos, st + out_lo + out_len)] - run[a]
+        return False, False
     raw = isinstance(track, BigWigPairTrack) and not add
     block = track.values(chrom, bs, be, raw=True) if raw else track.values(chrom, bs, be)
     _copy_windows(out[i0:i1, c], block, st - bs, S, add)
-    return raw
+    return True, raw
 
 
-def _fill_task(job: dict) -> tuple[int, np.ndarray, np.ndarray]:
-    """Compute and write rows ``[r0, r1)``; return (r0, output-window totals (n, C), gc (n,))."""
+# What every task of a worker process shares (inputs with their open files, sizes): set once per
+# worker by _init_worker, so that files are opened (and bigWig indexes read) once per worker, not
+# once per task.
+_WORKER_SHARED: dict | None = None
+
+
+def _init_worker(shared: bytes) -> None:
+    # Unpickled, never inherited through fork: open file handles must not be shared between
+    # processes (the BAM was opened in the parent to check its index), and pickling drops them.
+    global _WORKER_SHARED
+    _WORKER_SHARED = pickle.loads(shared)
+
+
+def _fill_task(job: dict, shared: dict | None = None) -> tuple[int, np.ndarray, np.ndarray]:
+    """Compute and write rows ``[r0, r1)``; return (r0, output-window totals (n, C), gc (n,)).
+
+    ``shared`` (default: this worker's, see :func:`_init_worker`) holds genome, tracks,
+    replicates, S, chunk, output_len and has_rep; ``job`` the task's r0, chroms, starts, exclude
+    intervals and output chunk files.
+    """
     from seq2reads.data.genome import N_CODE, gc_fraction
     from seq2reads.data.tracks import clean_values
 
-    r0, chroms, starts = job["r0"], job["chroms"], job["starts"]
-    S, out_len, genome, tracks, reps = job["S"], job["output_len"], job["genome"], job["tracks"], job["replicates"]
-    exclude = job["exclude"]
+    sh = shared if shared is not None else _WORKER_SHARED
+    r0, chroms, starts, exclude = job["r0"], job["chroms"], job["starts"], job["exclude"]
+    S, out_len, genome, tracks, reps = sh["S"], sh["output_len"], sh["genome"], sh["tracks"], sh["replicates"]
     n, C = len(starts), len(tracks)
     seq = np.empty((n, S), np.uint8)
     sig = np.zeros((n, C, 2, S), np.float32)
-    rep = np.zeros((n, C, 2, S), np.float32) if job["has_rep"] else None
+    rep = np.zeros((n, C, 2, S), np.float32) if sh["has_rep"] else None
     ends = starts + S
-    raw_tracks = np.zeros(C, bool)
+    lo = (S - out_len) // 2
+    totals = np.zeros((n, C), np.float64)
+    dense, raw = np.zeros(C, bool), np.zeros(C, bool)
     # chroms is sorted in blocks of equal names: walk the runs
     change = np.r_[0, np.nonzero(chroms[1:] != chroms[:-1])[0] + 1, n]
     for a, b in zip(change[:-1], change[1:]):
@@ -269,21 +302,23 @@ def _fill_task(job: dict) -> tuple[int, np.ndarray, np.ndarray]:
         for i0, i1, bs, be in _blocks(starts[a:b], ends[a:b]):
             i0, i1 = i0 + a, i1 + a
             for c, t in enumerate(tracks):
-                raw_tracks[c] |= _fill_track(sig, c, t, chrom, i0, i1, bs, be, starts, add=False)
+                d, r_ = _fill_track(sig, c, t, chrom, i0, i1, bs, be, starts, False, totals, lo, out_len)
+                dense[c] |= d
+                raw[c] |= r_
                 for r in reps[c]:
                     _fill_track(rep, c, r, chrom, i0, i1, bs, be, starts, add=True)
-    for c in np.nonzero(raw_tracks)[0]:
+    for c in np.nonzero(raw)[0]:
         clean_values(sig[:, c])  # abs / NaN -> 0 of raw bigWig values, on the windows only
+    for c in np.nonzero(dense)[0]:
+        totals[:, c] = sig[:, c, :, lo : lo + out_len].sum(axis=(1, 2), dtype=np.float64)
     mask = seq != N_CODE
     for a, b in zip(change[:-1], change[1:]):
         if chroms[a] in exclude:
             _mask_intervals(mask[a:b], starts[a:b], *exclude[chroms[a]])
-    lo = (S - out_len) // 2
-    totals = sig[:, :, :, lo : lo + out_len].sum(axis=(2, 3), dtype=np.float64)
     gc = gc_fraction(seq)
     outputs = {"seq": seq, "signal": sig, "mask": mask, "replicate_signal": rep}
     for name, (files, codec) in (job["out"] or {}).items():
-        _write_chunks(files, outputs[name], job["chunk"], codec)
+        _write_chunks(files, outputs[name], sh["chunk"], codec)
     return r0, totals, np.atleast_1d(gc)
 
 
@@ -425,33 +460,34 @@ def run_tasks(cfg, inp: Inputs, win: pd.DataFrame, root: str | None, chunk: int,
     if root is not None:
         for name in ("seq", "signal", "mask") + (("replicate_signal",) if has_rep else ()):
             files[name] = _chunk_files(root, name)
+    shared = dict(genome=inp.genome, tracks=inp.tracks, replicates=inp.replicates, S=S, chunk=chunk,
+                  output_len=cfg.window.output, has_rep=has_rep)
     jobs = []
     for r0 in range(0, W, per_task):
         r1 = min(W, r0 + per_task)
         out = {k: (f[r0 // chunk : -(-r1 // chunk)], codec) for k, (f, codec) in files.items()}
-        jobs.append(dict(out=out, r0=r0, chroms=chrom_arr[r0:r1], starts=start_arr[r0:r1], S=S, chunk=chunk,
-                         output_len=cfg.window.output, genome=inp.genome, tracks=inp.tracks,
-                         replicates=inp.replicates, has_rep=has_rep,
+        jobs.append(dict(out=out, r0=r0, chroms=chrom_arr[r0:r1], starts=start_arr[r0:r1],
                          exclude={c: exclude[c] for c in set(chrom_arr[r0:r1]) if c in exclude}))
     totals = np.zeros((W, C), np.float64)
     gc = np.full(W, np.nan, np.float32)
-    for r0, tot, g in _run_jobs(jobs, workers, progress, W):
+    for r0, tot, g in _run_jobs(jobs, shared, workers, progress, W):
         totals[r0 : r0 + len(tot)] = tot
         gc[r0 : r0 + len(g)] = g
     return totals, gc
 
 
-def _run_jobs(jobs, workers: int, progress: bool, W: int):
+def _run_jobs(jobs: list[dict], shared: dict, workers: int, progress: bool, W: int):
     with _progress_bar(progress) as bar:
         task = bar.add_task("prepare", total=W)
         if workers <= 0 or len(jobs) == 1:
             for j in jobs:
-                res = _fill_task(j)
+                res = _fill_task(j, shared)
                 bar.advance(task, len(res[1]))
                 yield res
             return
         ctx = multiprocessing.get_context(_start_method())
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(pickle.dumps(shared),)) as ex:
             # Submit a bounded number of tasks at a time so results never pile up in memory.
             pending = []
             it = iter(jobs)
@@ -504,14 +540,17 @@ def _start_method() -> str:
 
 def _write_regions(root, win: pd.DataFrame) -> None:
     g = root.create_group("regions")
+    keys = {"name": "default", "separator": "."}  # no c/ folder per column (see prepare)
     for c in REGION_COLUMNS:
         if c in _STR_COLUMNS:
-            vals = win[c].astype(str).to_numpy(dtype=str)
-            a = g.create_array(c, shape=(len(win),), dtype=str, chunks=(max(1, min(len(win), 65536)),))
+            vals = win[c].astype(str).to_numpy(dtype=object)
+            a = g.create_array(c, shape=(len(win),), dtype=str, chunks=(max(1, min(len(win), 65536)),),
+                               chunk_key_encoding=keys)
         else:
             dt = "float32" if c == "gc" else "int64"
             vals = win[c].to_numpy(dtype=dt)
-            a = g.create_array(c, shape=(len(win),), dtype=dt, chunks=(max(1, min(len(win), 65536)),))
+            a = g.create_array(c, shape=(len(win),), dtype=dt, chunks=(max(1, min(len(win), 65536)),),
+                               chunk_key_encoding=keys)
         if len(win):
             a[:] = vals
 
