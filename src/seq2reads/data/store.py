@@ -20,12 +20,16 @@ count there says nothing about the sequence); True elsewhere.
 
 How it is fast and memory-bounded: windows are processed in tasks of a few hundred rows (whole Zarr
 chunks, so tasks never write the same chunk); within a task each chromosome's windows are grouped
-into a few large sorted blocks, and sequence and every track are read once per block (one
-``values`` call per bigWig, one ``fetch`` per BAM) and sliced into windows with numpy. Tasks run in
-a process pool (each worker opens its own files) and write their rows straight into the Zarr
-arrays; only the window table and per-window totals are held for the whole genome. Peak memory
-per worker is one task's rows (``4 * chunk_rows`` rows, about 32 MB of signal) plus one block
-(at most ``MAX_BLOCK`` bp per track), whatever the genome size.
+into a few large sorted blocks, and every track is read once per block (one ``fetch`` per BAM, one
+read per bigWig). Base-resolution tracks are ~99% zeros, so sparse ones (read-end counts from a
+BAM; bigWigs with values on few bases, decoded by :mod:`seq2reads.data.bigwig`) give their non-zero
+entries, which are scattered into the zero-filled windows (work proportional to the entries, not
+to the bases); dense ones (coverage, dense bigWigs) are read as block arrays and sliced. The
+sequence is read window by window. Tasks run in a process pool (each worker opens its files once)
+and write their rows straight into the Zarr chunk files; only the window table and per-window
+totals are held for the whole genome. Peak memory per worker is one task's rows
+(``4 * chunk_rows`` rows, about 32 MB of signal) plus one block (at most ``MAX_BLOCK`` bp per
+track), whatever the genome size.
 """
 
 from __future__ import annotations
