@@ -355,6 +355,16 @@ def test_parallel_chunked_equals_serial(tmp_path, monkeypatch, start_method):
     for k in ("seq", "signal", "mask", "replicate_signal"):
         np.testing.assert_array_equal(np.asarray(getattr(a, k)[...]), np.asarray(getattr(b, k)[...]))
     assert a.attrs["count_stats"] == b.attrs["count_stats"]
+    # the mask's all-True chunks are not written (True is its fill value) and still read as True
+    mask = np.asarray(a.mask[...])
+    chunk_files = [p.name for p in (serial.run_path / "dataset" / "mask").iterdir() if p.name != "zarr.json"]
+    assert len(chunk_files) < -(-len(a) // 8)
+    for w in range(len(a)):
+        r = a.regions.iloc[w]
+        pos = np.arange(r.start, r.end)
+        bad = (pos < 0) | (pos >= CHROM_LENS[r.chrom]) | (np.asarray(a.seq[w]) == 4)
+        bad |= {"chr1": (pos >= 1000) & (pos < 1500), "chr2": (pos >= 200) & (pos < 260)}.get(r.chrom, False)
+        np.testing.assert_array_equal(mask[w], ~bad)
     # replicate = the replicate bigWigs of sample A, zeros for samples without one
     rep = np.asarray(a.replicate_signal[...])
     assert (rep[:, 1:] == 0).all()
