@@ -70,16 +70,20 @@ class ProfileCountTask(L.LightningModule):
             self._init_count_bias(stats, samples)
 
     def _init_count_bias(self, stats, samples) -> None:
-        """Start the count head at log1p(mean train-peak total) per cell type (faster start)."""
+        """Start the count head at log1p(median train-peak total) per cell type (faster start).
+
+        The median, not the mean: the head predicts ``log(1 + total)``, whose average over skewed
+        totals is near ``log1p(median)`` and well below ``log1p(mean)``.
+        """
         head = getattr(self.model, "count_head", None)
         if not isinstance(head, nn.Linear) or head.bias is None or head.bias.numel() != len(samples):
             return
-        means = []
+        typical = []
         for i, name in enumerate(samples):
             s = stats.get(name) if isinstance(stats, dict) else stats[i]
-            means.append(float(s.get("mean", 0.0)) if isinstance(s, dict) else 0.0)
+            typical.append(float(s.get("median", s.get("mean", 0.0))) if isinstance(s, dict) else 0.0)
         with torch.no_grad():
-            head.bias.copy_(torch.log1p(torch.tensor(means, dtype=head.bias.dtype)))
+            head.bias.copy_(torch.log1p(torch.tensor(typical, dtype=head.bias.dtype)))
 
     def forward(self, X: torch.Tensor):
         return self.model(X)

@@ -1,0 +1,38 @@
+"""ProfileCountTask: count weights and the count head's starting point from the dataset's stats."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from seq2reads.config import validate_config
+from seq2reads.models.bpnet import BPNet
+from seq2reads.training.tasks import ProfileCountTask
+
+
+def _cfg(**model):
+    return validate_config({
+        "run_dir": "run", "genome": "g.fa", "regions": "r.bed",
+        "samples": [{"name": "A", "plus": "a+.bw", "minus": "a-.bw"},
+                    {"name": "B", "plus": "b+.bw", "minus": "b-.bw"}],
+        "window": {"input": 200, "output": 100, "jitter": 0},
+        "model": {"type": "bpnet", "filters": 8, "layers": 2, "profile_kernel": 25, **model},
+    })
+
+
+STATS = {"A": {"mean": 150.0, "median": 59.0}, "B": {"mean": 20.0, "median": 9.0}}
+
+
+def test_count_head_starts_at_log1p_of_the_median_and_weights_follow_the_rule():
+    task = ProfileCountTask(_cfg(), BPNet(2, 100, 8, 2, profile_kernel=25),
+                            {"samples": ["A", "B"], "output_len": 100, "count_stats": STATS})
+    bias = task.model.count_head.bias.detach()
+    torch.testing.assert_close(bias, torch.tensor([math.log1p(59.0), math.log1p(9.0)]))
+    assert task.count_weights == [5.9, 1.0]  # median / 10, floored at 1
+
+
+def test_configured_count_weight_wins():
+    task = ProfileCountTask(_cfg(count_weight=25.0), BPNet(2, 100, 8, 2, profile_kernel=25),
+                            {"samples": ["A", "B"], "output_len": 100, "count_stats": STATS})
+    assert task.count_weights == [25.0, 25.0]
