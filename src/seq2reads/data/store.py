@@ -211,18 +211,19 @@ def _copy_windows(dst: np.ndarray, block: np.ndarray, offsets: np.ndarray, S: in
 
 
 def _scatter(flat: np.ndarray, row_at: np.ndarray, starts: np.ndarray, S: int, pos: np.ndarray, val: np.ndarray,
-             add: bool = False) -> None:
+             add: bool = False) -> np.ndarray | None:
     """``flat[row_at[i] + p - starts[i]] (=|+=) v`` for every entry (p, v) in window ``i`` = ``[starts[i], + S)``.
 
     ``flat`` is a flat view of the output, ``row_at[i]`` where window ``i``'s S values begin in it;
     ``pos`` is sorted and unique, so each target occurs once. Cost is proportional to the entries
-    inside the windows, not to the windows' length: the point for sparse tracks.
+    inside the windows, not to the windows' length: the point for sparse tracks. Returns the flat
+    indices written (None if none).
     """
     j0 = np.searchsorted(pos, starts)
     cnt = np.searchsorted(pos, starts + S) - j0
     total = int(cnt.sum())
     if not total:
-        return
+        return None
     # entry index of each (window, entry) pair: j0[i], j0[i] + 1, ..., j0[i] + cnt[i] - 1
     k = np.arange(total) + np.repeat(j0 - (np.cumsum(cnt) - cnt), cnt)
     idx = pos[k] + np.repeat(row_at - starts, cnt)
@@ -230,13 +231,14 @@ def _scatter(flat: np.ndarray, row_at: np.ndarray, starts: np.ndarray, S: int, p
         flat[idx] += val[k]
     else:
         flat[idx] = val[k]
+    return idx
 
 
-def _fill_track(out: np.ndarray, c: int, track, chrom: str, i0: int, i1: int, bs: int, be: int,
+def _fill_track(out: "_ZeroBuffer", c: int, track, chrom: str, i0: int, i1: int, bs: int, be: int,
                 starts: np.ndarray, add: bool, totals: np.ndarray | None = None,
                 out_lo: int = 0, out_len: int = 0) -> tuple[bool, bool]:
-    """Fill ``out[i0:i1, c]`` ((n, C, 2, S), C-contiguous) with ``track`` over windows ``starts[i0:i1]``
-    inside block ``[bs, be)``.
+    """Fill ``out.array[i0:i1, c]`` ((n, C, 2, S)) with ``track`` over windows ``starts[i0:i1]`` inside
+    block ``[bs, be)``, recording what it writes in ``out``.
 
     Sparse tracks scatter their entries (and, given ``totals`` (n, C), add each window's sum over
     ``[out_lo, out_lo + out_len)`` to ``totals[i, c]`` from the entries); dense ones are read as a
@@ -250,13 +252,13 @@ def _fill_track(out: np.ndarray, c: int, track, chrom: str, i0: int, i1: int, bs
     """
     from seq2reads.data.tracks import BigWigPairTrack
 
-    _, C, _, S = out.shape
+    _, C, _, S = out.array.shape
     st = starts[i0:i1]
     if track.sparse:
-        flat = out.reshape(-1)
+        flat = out.array.reshape(-1)
         for strand, (pos, val) in enumerate(track.entries(chrom, bs, be)):
             row_at = (np.arange(i0, i1) * (2 * C) + (2 * c + strand)) * S
-            _scatter(flat, row_at, st, S, pos, val, add)
+            out.touched.append(_scatter(flat, row_at, st, S, pos, val, add))
             if totals is not None and len(pos):
                 # window sums as differences of a running sum: O(entries), exact for counts
                 run = np.concatenate(([0.0], np.cumsum(val, dtype=np.float64)))
@@ -265,8 +267,47 @@ def _fill_track(out: np.ndarray, c: int, track, chrom: str, i0: int, i1: int, bs
         return False, False
     raw = isinstance(track, BigWigPairTrack) and not add
     block = track.values(chrom, bs, be, raw=True) if raw else track.values(chrom, bs, be)
-    _copy_windows(out[i0:i1, c], block, st - bs, S, add)
+    _copy_windows(out.array[i0:i1, c], block, st - bs, S, add)
+    out.touched.append((i0, i1, c))
     return True, raw
+
+
+class _ZeroBuffer:
+    """A zero-filled float32 array reused by the tasks of a process.
+
+    A fresh ~30 MB zeroed array per task costs its page faults (or a full memset) every time,
+    while the tracks write to ~1% of it: after each task only what was written (``touched``: flat
+    index arrays, or (i0, i1, c) row ranges of densely read tracks) is set back to zero.
+    """
+
+    def __init__(self) -> None:
+        self._buf: np.ndarray | None = None
+        self._clean = False
+        self.array = np.zeros((0, 0, 0, 0), np.float32)
+        self.touched: list = []
+
+    def take(self, shape: tuple[int, ...]) -> np.ndarray:
+        """An all-zero float32 array of ``shape`` (a prefix view of the buffer); call :meth:`reset` after."""
+        b = self._buf
+        if b is None or not self._clean or b.shape[1:] != shape[1:] or len(b) < shape[0]:
+            # first use, a task that failed half-way, or another shape: start from fresh zeros
+            b = self._buf = np.zeros(shape, np.float32)
+        self._clean, self.touched = False, []
+        self.array = b[: shape[0]]
+        return self.array
+
+    def reset(self) -> None:
+        """Zero what the last task wrote."""
+        flat = self._buf.reshape(-1)
+        for t in self.touched:
+            if isinstance(t, tuple):
+                self._buf[t[0] : t[1], t[2]] = 0
+            elif t is not None:
+                flat[t] = 0
+        self._clean, self.touched = True, []
+
+
+_SIG, _REP = _ZeroBuffer(), _ZeroBuffer()
 
 
 # What every task of a worker process shares (inputs with their open files, sizes): set once per
@@ -297,8 +338,8 @@ def _fill_task(job: dict, shared: dict | None = None) -> tuple[int, np.ndarray, 
     S, out_len, genome, tracks, reps = sh["S"], sh["output_len"], sh["genome"], sh["tracks"], sh["replicates"]
     n, C = len(starts), len(tracks)
     seq = np.empty((n, S), np.uint8)
-    sig = np.zeros((n, C, 2, S), np.float32)
-    rep = np.zeros((n, C, 2, S), np.float32) if sh["has_rep"] else None
+    sig = _SIG.take((n, C, 2, S))
+    rep = _REP.take((n, C, 2, S)) if sh["has_rep"] else None
     ends = starts + S
     lo = (S - out_len) // 2
     totals = np.zeros((n, C), np.float64)
@@ -311,11 +352,11 @@ def _fill_task(job: dict, shared: dict | None = None) -> tuple[int, np.ndarray, 
         for i0, i1, bs, be in _blocks(starts[a:b], ends[a:b]):
             i0, i1 = i0 + a, i1 + a
             for c, t in enumerate(tracks):
-                d, r_ = _fill_track(sig, c, t, chrom, i0, i1, bs, be, starts, False, totals, lo, out_len)
+                d, r_ = _fill_track(_SIG, c, t, chrom, i0, i1, bs, be, starts, False, totals, lo, out_len)
                 dense[c] |= d
                 raw[c] |= r_
                 for r in reps[c]:
-                    _fill_track(rep, c, r, chrom, i0, i1, bs, be, starts, add=True)
+                    _fill_track(_REP, c, r, chrom, i0, i1, bs, be, starts, add=True)
     for c in np.nonzero(raw)[0]:
         clean_values(sig[:, c])  # abs / NaN -> 0 of raw bigWig values, on the windows only
     for c in np.nonzero(dense)[0]:
@@ -328,6 +369,9 @@ def _fill_task(job: dict, shared: dict | None = None) -> tuple[int, np.ndarray, 
     outputs = {"seq": seq, "signal": sig, "mask": mask, "replicate_signal": rep}
     for name, (files, codec, skip) in (job["out"] or {}).items():
         _write_chunks(files, outputs[name], sh["chunk"], codec, skip)
+    _SIG.reset()
+    if rep is not None:
+        _REP.reset()
     return r0, totals, np.atleast_1d(gc)
 
 
