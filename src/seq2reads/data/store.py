@@ -34,6 +34,7 @@ track), whatever the genome size.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -41,6 +42,7 @@ import multiprocessing
 import os
 import pickle
 import sys
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,6 +322,9 @@ def _init_worker(shared: bytes) -> None:
     # Unpickled, never inherited through fork: open file handles must not be shared between
     # processes (the BAM was opened in the parent to check its index), and pickling drops them.
     global _WORKER_SHARED
+    # Keep the cyclic garbage collector away from the objects inherited from the parent: its passes
+    # write to every object's header, copying (page-faulting) the parent's whole heap into the worker.
+    gc.freeze()
     _WORKER_SHARED = pickle.loads(shared)
 
 
@@ -486,18 +491,22 @@ def prepare(cfg, workers: int | None = None, progress: bool = True) -> Path:
             root.create_array(name, shape=shape, chunks=(chunk, *shape[1:]), dtype=dtype, fill_value=FILL[name],
                               compressors=[BloscCodec(**BLOSC[name])],
                               chunk_key_encoding={"name": "default", "separator": "."})
-        totals, win["gc"] = run_tasks(cfg, inp, win, str(tmp), chunk, workers, progress)
-        _write_regions(root, win)
+        # the window table (but its gc column) is written by this process while the workers run
+        before = [c for c in REGION_COLUMNS if c != "gc"]
+        totals, win["gc"] = run_tasks(cfg, inp, win, str(tmp), chunk, workers, progress,
+                                      meanwhile=lambda: _write_regions(root, win, before))
+        _write_regions(root, win, ("gc",))
         root.update_attributes(_attrs(cfg, win, totals, has_rep, past, chunk))  # one metadata write
     save_run_config(cfg)
     return out
 
 
 def run_tasks(cfg, inp: Inputs, win: pd.DataFrame, root: str | None, chunk: int, workers: int,
-              progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+              progress: bool = False, meanwhile: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Extract every window (tasks of ``ROWS_PER_TASK_CHUNKS`` chunks) and write it under ``root``.
 
     ``root=None`` extracts without writing (benchmarks measure extraction alone this way).
+    ``meanwhile`` is called once in this process while the workers run (without workers: first).
 
     Returns
     -------
@@ -528,16 +537,19 @@ def run_tasks(cfg, inp: Inputs, win: pd.DataFrame, root: str | None, chunk: int,
                          exclude={c: exclude[c] for c in set(chrom_arr[r0:r1]) if c in exclude}))
     totals = np.zeros((W, C), np.float64)
     gc = np.full(W, np.nan, np.float32)
-    for r0, tot, g in _run_jobs(jobs, shared, workers, progress, W):
+    for r0, tot, g in _run_jobs(jobs, shared, workers, progress, W, meanwhile):
         totals[r0 : r0 + len(tot)] = tot
         gc[r0 : r0 + len(g)] = g
     return totals, gc
 
 
-def _run_jobs(jobs: list[dict], shared: dict, workers: int, progress: bool, W: int):
+def _run_jobs(jobs: list[dict], shared: dict, workers: int, progress: bool, W: int,
+              meanwhile: Callable[[], None] | None = None):
+    meanwhile = meanwhile or (lambda: None)
     with _progress_bar(progress) as bar:
         task = bar.add_task("prepare", total=W)
         if workers <= 0 or len(jobs) == 1:
+            meanwhile()
             for j in jobs:
                 res = _fill_task(j, shared)
                 bar.advance(task, len(res[1]))
@@ -553,6 +565,7 @@ def _run_jobs(jobs: list[dict], shared: dict, workers: int, progress: bool, W: i
                 pending.append(ex.submit(_fill_task, j))
                 if len(pending) >= 2 * workers:
                     break
+            meanwhile()  # after the first submit: the workers exist (a fork never sees this work)
             while pending:
                 res = pending.pop(0).result()
                 bar.advance(task, len(res[1]))
@@ -596,10 +609,11 @@ def _start_method() -> str:
     return "forkserver" if sys.platform != "win32" else "spawn"
 
 
-def _write_regions(root, win: pd.DataFrame) -> None:
-    g = root.create_group("regions")
+def _write_regions(root, win: pd.DataFrame, columns=REGION_COLUMNS) -> None:
+    """Write ``columns`` of the window table as the arrays ``regions/<column>``."""
+    g = root.require_group("regions")
     keys = {"name": "default", "separator": "."}  # no c/ folder per column (see prepare)
-    for c in REGION_COLUMNS:
+    for c in columns:
         if c in _STR_COLUMNS:
             vals = win[c].astype(str).to_numpy(dtype=object)
             a = g.create_array(c, shape=(len(win),), dtype=str, chunks=(max(1, min(len(win), 65536)),),
