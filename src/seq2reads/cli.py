@@ -159,6 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"seq2reads {args.command}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:
+        # Lightning turns SIGTERM during fit into SIGTERMException, a SystemExit with no code,
+        # which would end the process with status 0 as if training had finished.
+        if type(e).__name__ != "SIGTERMException":
+            raise
+        print(f"seq2reads {args.command}: stopped by SIGTERM; the last checkpoint is kept: "
+              "rerun the same command to resume.", file=sys.stderr)
+        return 143
     return 0
 
 

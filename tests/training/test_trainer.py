@@ -128,6 +128,29 @@ def test_resume_after_sigkill(prepared_run, sim_dir, tmp_path):
     assert (cfg.run_path / "model" / "model.safetensors").exists()
 
 
+def test_sigterm_exits_143_with_a_resume_hint(prepared_run, sim_dir, tmp_path):
+    """SIGTERM (a scheduler's pre-emption) must not look like a finished run (exit status 0)."""
+    cfg = _run_with_dataset(prepared_run, sim_dir, tmp_path, "term",
+                            ["train.max_epochs=200", "train.checkpoint_every=2", "train.patience=1000"])
+    path = _write_config(cfg, tmp_path / "term.yaml")
+    last = cfg.run_path / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "seq2reads.cli", "train", str(path)], env=_cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not last.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert last.exists(), "no checkpoint before the deadline"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143
+    assert "stopped by SIGTERM" in err.decode() and "rerun the same command to resume" in err.decode()
+    assert not (cfg.run_path / "model").exists()
+
+
 def test_nan_guard_stops_and_keeps_good_weights(prepared_run, sim_dir, tmp_path):
     cfg = _run_with_dataset(prepared_run, sim_dir, tmp_path, "nan",
                             ["train.lr=1e30", "train.warmup_steps=0", "train.max_steps=20",
