@@ -95,10 +95,14 @@ def test_same_seed_same_weights(prepared_run, sim_dir, tmp_path):
     assert any(not torch.equal(wa[k], wc[k]) for k in wa)
 
 
-def test_resume_after_sigkill(prepared_run, sim_dir, tmp_path):
-    cfg = _run_with_dataset(prepared_run, sim_dir, tmp_path, "resume",
+def _train_until_checkpoint(prepared_run, sim_dir, tmp_path, name, sig):
+    """Start ``seq2reads train`` in a subprocess, send ``sig`` once ``last.ckpt`` exists.
+
+    Returns (config, process after it ended, its stderr text, path of last.ckpt).
+    """
+    cfg = _run_with_dataset(prepared_run, sim_dir, tmp_path, name,
                             ["train.max_epochs=200", "train.checkpoint_every=2", "train.patience=1000"])
-    path = _write_config(cfg, tmp_path / "resume.yaml")
+    path = _write_config(cfg, tmp_path / f"{name}.yaml")
     last = cfg.run_path / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen([sys.executable, "-m", "seq2reads.cli", "train", str(path)], env=_cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -107,9 +111,17 @@ def test_resume_after_sigkill(prepared_run, sim_dir, tmp_path):
         while not last.exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
         assert last.exists(), proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "no checkpoint"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return cfg, proc, err.decode(), last
+
+
+def test_resume_after_sigkill(prepared_run, sim_dir, tmp_path):
+    cfg, _, _, last = _train_until_checkpoint(prepared_run, sim_dir, tmp_path, "resume", signal.SIGKILL)
     assert not (cfg.run_path / "model").exists()  # killed before the end
     step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
     assert step > 0
@@ -130,24 +142,9 @@ def test_resume_after_sigkill(prepared_run, sim_dir, tmp_path):
 
 def test_sigterm_exits_143_with_a_resume_hint(prepared_run, sim_dir, tmp_path):
     """SIGTERM (a scheduler's pre-emption) must not look like a finished run (exit status 0)."""
-    cfg = _run_with_dataset(prepared_run, sim_dir, tmp_path, "term",
-                            ["train.max_epochs=200", "train.checkpoint_every=2", "train.patience=1000"])
-    path = _write_config(cfg, tmp_path / "term.yaml")
-    last = cfg.run_path / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen([sys.executable, "-m", "seq2reads.cli", "train", str(path)], env=_cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 120
-        while not last.exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        assert last.exists(), "no checkpoint before the deadline"
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 143
-    assert "stopped by SIGTERM" in err.decode() and "rerun the same command to resume" in err.decode()
+    cfg, proc, err, _ = _train_until_checkpoint(prepared_run, sim_dir, tmp_path, "term", signal.SIGTERM)
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM" in err and "rerun the same command to resume" in err
     assert not (cfg.run_path / "model").exists()
 
 
