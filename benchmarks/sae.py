@@ -57,7 +57,8 @@ def _peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
 
 
-def scale(n_vectors: int, d: int, latents: int, k: int, epochs: int, batch_size: int, workdir: Path) -> dict:
+def scale(n_vectors: int, d: int, latents: int, k: int, epochs: int, batch_size: int, workdir: Path,
+          threads: int | None = None) -> dict:
     import scipy.sparse as sp
     import torch
 
@@ -65,7 +66,7 @@ def scale(n_vectors: int, d: int, latents: int, k: int, epochs: int, batch_size:
     from seq2reads.sae.activations import CHUNK, StoreWriter, open_store
     from seq2reads.sae.train import evaluate_sae, train_sae
 
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    torch.set_num_threads(threads or max(1, min(4, os.cpu_count() or 1)))
     rng = np.random.default_rng(0)
     n_feat, k_true = 1024, 16
     dic = rng.normal(size=(n_feat, d)).astype(np.float32)
@@ -100,7 +101,7 @@ def scale(n_vectors: int, d: int, latents: int, k: int, epochs: int, batch_size:
             "store_seconds": t_store, "train_seconds": res.seconds, "store_disk_gb": disk_gb,
             "fvu": ev["fvu"], "mean_l0": ev["mean_l0"], "dead_fraction": ev["dead_fraction"],
             "peak_rss_gb": _peak_gb(), "target_peak_rss_gb": 4.0, "pass": _peak_gb() <= 4.0,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
 def targets(run: Path | None, workdir: Path, overrides: list[str]) -> dict:
@@ -179,10 +180,11 @@ def main(argv=None) -> int:
     p.add_argument("--run", type=Path, help="trained encoder run directory (targets)")
     p.add_argument("--set", action="append", default=[], help="config overrides when training (targets)")
     p.add_argument("--workdir", type=Path, default=HERE / ".work")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (scale; default: up to 4)")
     a = p.parse_args(argv)
     a.workdir.mkdir(parents=True, exist_ok=True)
     if a.part == "scale":
-        rec = scale(int(a.vectors), a.d, a.latents, a.k, a.epochs, a.batch_size, a.workdir)
+        rec = scale(int(a.vectors), a.d, a.latents, a.k, a.epochs, a.batch_size, a.workdir, a.threads)
         _emit("sae_scale", rec)
     else:
         _emit("sae_targets", targets(a.run, a.workdir, a.set))
