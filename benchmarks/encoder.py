@@ -183,73 +183,6 @@ def _two_phase_note(csv_path: Path) -> dict:
     return {"read_loss_at_tenths": [round(t, 4) for t in tenths], "two_phase_drop_visible": bool(two_phase)}
 
 
-def _train_with_lightning(cfg):
-    """Fallback when ``seq2reads.training.trainer`` is missing: the same task, loader and logger
-    layout (``RUN/logs/metrics.csv``), early stopping on ``val/loss``; returns (model, store)."""
-    import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping
-    from lightning.pytorch.loggers import CSVLogger
-
-    from seq2reads.data.loader import S2RDataModule
-    from seq2reads.data.store import open_dataset
-    from seq2reads.models.encoder import MaskedEncoder
-    from seq2reads.training.encoder_task import MaskedEncoderTask
-
-    L.seed_everything(cfg.train.seed, verbose=False)
-    store = open_dataset(cfg.run_path / "dataset").load()
-    model = MaskedEncoder.from_config(cfg.model, len(store.samples), store.input_len, store.output_len)
-    task = MaskedEncoderTask(cfg, model, store.attrs)
-    dm = S2RDataModule(store, cfg.train.batch_size, jitter=True, revcomp=cfg.train.revcomp, seed=cfg.train.seed)
-    trainer = L.Trainer(
-        max_epochs=cfg.train.max_epochs, accelerator="cpu" if not torch.cuda.is_available() else "auto", devices=1,
-        logger=CSVLogger(cfg.run_path, name="logs", version=""), log_every_n_steps=1,
-        gradient_clip_val=cfg.train.grad_clip or None, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[EarlyStopping("val/loss", patience=cfg.train.patience)],
-        limit_val_batches=cfg.train.limit_val_batches,
-    )
-    trainer.fit(task, datamodule=dm)
-    return model.eval(), store
-
-
-def _evaluate_in_process(cfg, model, store) -> dict:
-    """``evaluate_run``'s sections for an in-memory model (fallback path): test metrics in S2R mode,
-    the average-profile baseline, the true-rate ceiling and the masked metrics."""
-    from seq2reads.evaluation import metrics as M
-    from seq2reads.evaluation.evaluate import _ceiling_source, _flat, average_profile_baseline, evaluate_predictors
-    from seq2reads.evaluation.masked import masked_metrics
-
-    import numpy as np
-
-    bs = cfg.train.batch_size
-    idx = store.indices("test")
-    base_probs, base_logc = average_profile_baseline(store, 256)
-    c = len(store.samples)
-
-    @torch.no_grad()
-    def from_model(batch):
-        logits, logc = model(batch["seq"])
-        return M.softmax_profile(logits.double().numpy(), axis_start=2), logc.double().numpy()
-
-    def from_baseline(batch):
-        n = len(batch["index"])
-        return np.broadcast_to(base_probs, (n, *base_probs.shape)), np.broadcast_to(base_logc, (n, c))
-
-    preds = {"test": from_model, "baseline": from_baseline}
-    ceiling_fn, _, close = _ceiling_source(cfg, store)
-    if ceiling_fn is not None:
-        preds["ceiling"] = ceiling_fn
-    try:
-        sec = evaluate_predictors(store, idx, preds, bs, progress=False)
-    finally:
-        if close is not None:
-            close()
-    is_peak = store.regions["kind"].to_numpy()[idx] == "peak"
-    return {"test": sec["test"], "baseline": _flat(sec["baseline"]),
-            "ceiling": _flat(sec["ceiling"]) if "ceiling" in sec else None,
-            "masked": masked_metrics(cfg, model, store),
-            "info": {"cell_types": list(store.samples), "n_windows": {"peaks": int(is_peak.sum()), "all": len(idx)}}}
-
-
 def encoder_config(sim: Path, patch: int) -> Path:
     """The simulator's config with its model section replaced by an encoder one (same folder, so
     relative paths still resolve)."""
@@ -267,11 +200,7 @@ def accuracy(args) -> dict:
     from seq2reads.data.simulate import simulate
     from seq2reads.data.store import prepare
     from seq2reads.evaluation.evaluate import evaluate_run
-
-    try:
-        from seq2reads.training.trainer import train
-    except ImportError:  # the shared trainer is not there yet: fit the task with Lightning directly
-        train = None
+    from seq2reads.training.trainer import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -291,14 +220,9 @@ def accuracy(args) -> dict:
         prepare(cfg)
     log(f"training the encoder for {args.epochs} epochs ...")
     t0 = time.perf_counter()
-    if train is not None:
-        train(cfg)
-        seconds = time.perf_counter() - t0
-        res = evaluate_run(cfg, progress=False)
-    else:
-        model, store = _train_with_lightning(cfg)
-        seconds = time.perf_counter() - t0
-        res = _evaluate_in_process(cfg, model, store)
+    train(cfg)
+    seconds = time.perf_counter() - t0
+    res = evaluate_run(cfg, progress=False)
     RESULTS.mkdir(parents=True, exist_ok=True)
     curve = cfg.run_path / "logs" / "metrics.csv"
     curve_note = {}
