@@ -41,10 +41,19 @@ HEADLINES = {
     "encoder_accuracy": ["encoder_s2r.profile_pearson", "ceiling.profile_pearson", "encoder_s2r.count_pearson",
                          "ceiling.count_pearson", "epochs", "data.simulated_regions"],
     "encoder_speed": ["setting", "tokens_per_s", "windows_per_s", "peak_rss_mb", "load_avg_1min"],
+    "motif_recovery": ["recovery", "n_planted_ge50", "specificity_ok", "n_specific", "marginalisation_ok",
+                       "n_activating"],
+    "sae_scale": ["n_vectors", "d", "peak_rss_gb", "pass", "store_vectors_per_s", "train_vectors_per_s",
+                  "eval_vectors_per_s", "torch_threads", "load_average_1min"],
+    "sae_targets": ["fvu", "dead_fraction", "mean_l0", "checks.every_specific_tf", "pass", "n_enriched",
+                    "model.d_model", "model.depth", "layer"],
 }
 TARGETS = {
     "loader": ">= 20,000 windows/s", "prepare": ">= 10x naive", "train_step": ">= 1.5x bpnet-lite",
     "attribution": ">= 1x tangermeme, r >= 0.99",
+    "motif_recovery": ">= 90% of planted motifs; specific motifs in their cell type; marginalisation direction",
+    "sae_scale": "peak memory <= 4 GB at 1e7 vectors",
+    "sae_targets": "FVU <= 0.2 at K = 16, 256 latents; dead <= 10%; a latent per specific TF",
 }
 
 
