@@ -309,9 +309,6 @@ class _ZeroBuffer:
         self._clean, self.touched = True, []
 
 
-_SIG, _REP = _ZeroBuffer(), _ZeroBuffer()
-
-
 # What every task of a worker process shares (inputs with their open files, sizes): set once per
 # worker by _init_worker, so that files are opened (and bigWig indexes read) once per worker, not
 # once per task.
@@ -339,12 +336,14 @@ def _fill_task(job: dict, shared: dict | None = None) -> tuple[int, np.ndarray, 
     from seq2reads.data.tracks import clean_values
 
     sh = shared if shared is not None else _WORKER_SHARED
+    # Signal and replicate buffers live as long as ``sh``: one run_tasks call in-process, or a worker.
+    sig_buf, rep_buf = sh.setdefault("buffers", (_ZeroBuffer(), _ZeroBuffer()))
     r0, chroms, starts, exclude = job["r0"], job["chroms"], job["starts"], job["exclude"]
     S, out_len, genome, tracks, reps = sh["S"], sh["output_len"], sh["genome"], sh["tracks"], sh["replicates"]
     n, C = len(starts), len(tracks)
     seq = np.empty((n, S), np.uint8)
-    sig = _SIG.take((n, C, 2, S))
-    rep = _REP.take((n, C, 2, S)) if sh["has_rep"] else None
+    sig = sig_buf.take((n, C, 2, S))
+    rep = rep_buf.take((n, C, 2, S)) if sh["has_rep"] else None
     ends = starts + S
     lo = (S - out_len) // 2
     totals = np.zeros((n, C), np.float64)
@@ -357,11 +356,11 @@ def _fill_task(job: dict, shared: dict | None = None) -> tuple[int, np.ndarray, 
         for i0, i1, bs, be in _blocks(starts[a:b], ends[a:b]):
             i0, i1 = i0 + a, i1 + a
             for c, t in enumerate(tracks):
-                d, r_ = _fill_track(_SIG, c, t, chrom, i0, i1, bs, be, starts, False, totals, lo, out_len)
+                d, r_ = _fill_track(sig_buf, c, t, chrom, i0, i1, bs, be, starts, False, totals, lo, out_len)
                 dense[c] |= d
                 raw[c] |= r_
                 for r in reps[c]:
-                    _fill_track(_REP, c, r, chrom, i0, i1, bs, be, starts, add=True)
+                    _fill_track(rep_buf, c, r, chrom, i0, i1, bs, be, starts, add=True)
     for c in np.nonzero(raw)[0]:
         clean_values(sig[:, c])  # abs / NaN -> 0 of raw bigWig values, on the windows only
     for c in np.nonzero(dense)[0]:
@@ -374,9 +373,9 @@ def _fill_task(job: dict, shared: dict | None = None) -> tuple[int, np.ndarray, 
     outputs = {"seq": seq, "signal": sig, "mask": mask, "replicate_signal": rep}
     for name, (files, codec, skip) in (job["out"] or {}).items():
         _write_chunks(files, outputs[name], sh["chunk"], codec, skip)
-    _SIG.reset()
+    sig_buf.reset()
     if rep is not None:
-        _REP.reset()
+        rep_buf.reset()
     return r0, totals, np.atleast_1d(gc)
 
 
