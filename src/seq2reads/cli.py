@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from seq2reads.errors import UserError
+from seq2reads.errors import Stopped, UserError
 
 STEPS = ("prepare", "train", "evaluate", "attribute", "motifs", "sae", "report")
 
@@ -159,14 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"seq2reads {args.command}: interrupted", file=sys.stderr)
         return 130
-    except SystemExit as e:
-        # Lightning turns SIGTERM during fit into SIGTERMException, a SystemExit with no code,
-        # which would end the process with status 0 as if training had finished.
-        if type(e).__name__ != "SIGTERMException":
-            raise
-        print(f"seq2reads {args.command}: stopped by SIGTERM; the last checkpoint is kept: "
-              "rerun the same command to resume.", file=sys.stderr)
-        return 143
+    except Stopped as e:
+        print(f"seq2reads {args.command}: {e}", file=sys.stderr)
+        return e.status
     return 0
 
 

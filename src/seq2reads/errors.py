@@ -15,6 +15,17 @@ class UserError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+class Stopped(Exception):
+    """Work stopped by a signal before it finished (e.g. SIGTERM during training); rerunning resumes it.
+
+    The command line prints its message on one line and exits with ``128 + signal``.
+    """
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def require_file(path, what: str, hint: str = "") -> None:
     """Raise :class:`UserError` unless ``path`` exists.
 

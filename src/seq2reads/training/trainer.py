@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 import time
 import warnings
@@ -33,9 +34,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from seq2reads.atomic import write_text_atomic
-from seq2reads.errors import UserError
+from seq2reads.errors import Stopped, UserError
 
 CHECKPOINTS = "checkpoints"
 LAST = "last"
@@ -238,6 +240,8 @@ def train(cfg) -> Path:
     UserError
         No prepared dataset, a dataset that does not match the config, a window shorter than
         the model's receptive field (names the minimum), checkpoints from another config.
+    Stopped
+        SIGTERM arrived during training (status 143); the checkpoints are kept for a resume.
     """
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -311,7 +315,13 @@ def _fit(cfg, task, dm, resume, precision, callbacks, log_every, ckpt_dir):
         write_text_atomic(ckpt_dir / RESUME_INFO, json.dumps({"key": _resume_key(cfg)}))
         if resume:
             print(f"resuming training from {resume}", file=sys.stderr)
-    trainer.fit(task, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    try:
+        trainer.fit(task, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    except SIGTERMException:
+        # Lightning's SIGTERMException is a SystemExit without a code: left alone, the process
+        # would end with status 0 as if training had finished.
+        raise Stopped("stopped by SIGTERM; the last checkpoint is kept: rerun the same command to resume.",
+                      128 + signal.SIGTERM) from None
     return trainer
 
 
