@@ -140,3 +140,40 @@ def test_read_intervals(tmp_path):
     assert len(read_intervals(p)) == 0
     p.write_text("chr1\t5\t10\tsomething\n")
     assert read_intervals(p)[["start", "end"]].values.tolist() == [[5, 10]]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "chr1\t100\t200\tpA\t0\t.\t5\t-1\t-1\t30\nchr2\t10\t21\t.\t0\t.\t5\t-1\t-1\t-1\nchr1\t500\t600\t\t0\t.\t1\t1\t1\t\n",
+        "chr1\t100\t200\nchr3\t7\t9\n",
+        "chr1\t100\t200\r\nchr3\t7\t9\r\n",
+        "chr1\t100\t200\tx\nchr1\t300\t400\n",          # ragged: second line shorter
+        "chr1\t100\t200\n\nchr2\t5\t6\n",                  # blank line
+        "chr1 100 200 a\nchr2 5 6 b\n",                    # space-separated
+        "chr1\t+100\t0200\n",                             # odd integers: names built by the line reader
+        "chr1\t100\t200\tx\t0\t.\t1\t1\t1\t99\n",          # summit at the last base
+    ],
+)
+def test_fast_reader_matches_line_reader(tmp_path, text):
+    """The pandas fast path of read_regions gives exactly what the line-by-line reader gives."""
+    from seq2reads.data.regions import _fast_regions, _line_regions
+
+    p = tmp_path / "r.bed"
+    p.write_text(text)
+    slow = _line_regions(text, p)
+    pd.testing.assert_frame_equal(read_regions(p), slow)
+    fast = _fast_regions(text)
+    if fast is not None:
+        pd.testing.assert_frame_equal(fast, slow)
+
+
+def test_fast_reader_used_on_plain_tables():
+    from seq2reads.data.regions import _fast_regions
+
+    text = "".join(f"chr{i % 3 + 1}\t{i * 100}\t{i * 100 + 50}\tr{i}\t0\t.\t1\t1\t1\t{i % 50}\n" for i in range(200))
+    fast = _fast_regions(text)
+    assert fast is not None and len(fast) == 200
+    assert fast["centre"].tolist() == [i * 100 + i % 50 for i in range(200)]
+    assert fast["name"].tolist() == [f"r{i}" for i in range(200)]
+    assert _fast_regions("# header\n" + text) is None  # header lines: the line reader runs

@@ -6,7 +6,9 @@ Coordinates are 0-based, half-open (as in BED). A region's centre is the narrowP
 
 from __future__ import annotations
 
+import io
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -20,8 +22,8 @@ log = logging.getLogger(__name__)
 _HEADER_PREFIXES = ("#", "track", "browser")
 
 
-def _data_lines(path: Path, what: str) -> list[tuple[int, list[str]]]:
-    """(1-based line number, fields) of the data lines of a BED-like file (gzip allowed)."""
+def _read_text(path: Path, what: str) -> str:
+    """The file's text (gzip allowed)."""
     require_file(path, what)
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
@@ -32,6 +34,11 @@ def _data_lines(path: Path, what: str) -> list[tuple[int, list[str]]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{what} {path} is not a text BED file: give a BED or narrowPeak file (tab-separated).") from None
+    return text
+
+
+def _data_lines(text: str) -> list[tuple[int, list[str]]]:
+    """(1-based line number, fields) of the data lines of a BED-like text."""
     rows = []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith(_HEADER_PREFIXES):
@@ -62,6 +69,55 @@ def _parse_intervals(rows, path: Path, what: str) -> tuple[list[str], np.ndarray
     return chroms, np.asarray(starts, np.int64), np.asarray(ends, np.int64)
 
 
+_IRREGULAR = re.compile(r"(?:^|\n)(?:#|track|browser|[ \t]*\r?(?:\n|$))")
+
+
+def _fast_regions(text: str) -> pd.DataFrame | None:
+    """:func:`read_regions`' table through pandas' C parser, or None when the text is not a plain,
+    regular, valid table (header or blank lines, ragged or space-separated columns, a bad value):
+    the line-by-line reader then parses it and names the first bad line.
+
+    Same result as that reader (a test checks); it only exists for speed: 10,000 regions in ~10 ms
+    instead of ~80 ms, time that ``prepare`` spends before its workers start.
+    """
+    if not text or _IRREGULAR.search(text.rstrip("\r\n")):
+        return None
+    try:
+        df = pd.read_csv(io.StringIO(text), sep="\t", header=None, dtype=str, na_filter=False, engine="c")
+    except (ValueError, pd.errors.ParserError):
+        return None
+    if df.shape[1] < 3 or not len(df) or df.isna().to_numpy().any():
+        return None  # too few columns, or a short (ragged) line
+    try:
+        starts = df[1].astype(np.int64).to_numpy()
+        ends = df[2].astype(np.int64).to_numpy()
+    except (ValueError, OverflowError):
+        return None
+    if (starts < 0).any() or (ends <= starts).any():
+        return None
+    centres = (starts + ends) // 2
+    if df.shape[1] >= 10:
+        col = df[9].str.strip()
+        has = ~col.isin(["", "-1"]).to_numpy()
+        try:
+            summit = col.where(has, "0").astype(np.int64).to_numpy()
+        except (ValueError, OverflowError):
+            return None
+        if ((summit < 0) | (summit >= ends - starts))[has].any():
+            return None
+        centres = np.where(has, starts + summit, centres)
+    chrom = df[0]
+    default = chrom + ":" + df[1].str.strip() + "-" + df[2].str.strip()
+    if df.shape[1] >= 4:
+        names = df[3].where(~df[3].isin(["", "."]), default)
+    else:
+        names = default
+    if (df[1].str.strip() != pd.Series(starts).astype(str)).any() or (df[2].str.strip() != pd.Series(ends).astype(str)).any():
+        return None  # e.g. '+5' or '05': let the line reader build names exactly as it does
+    return pd.DataFrame({"chrom": chrom.to_numpy(dtype=object), "start": starts, "end": ends, "centre": centres,
+                         "name": names.to_numpy(dtype=object)})
+
+
 def read_regions(path: str | Path) -> pd.DataFrame:
     """Read a BED or narrowPeak file.
 
@@ -76,7 +132,14 @@ def read_regions(path: str | Path) -> pd.DataFrame:
         Missing, empty or malformed file (naming the first bad line).
     """
     path = Path(path)
-    rows = _data_lines(path, "regions file")
+    text = _read_text(path, "regions file")
+    fast = _fast_regions(text)
+    return fast if fast is not None else _line_regions(text, path)
+
+
+def _line_regions(text: str, path: Path) -> pd.DataFrame:
+    """:func:`read_regions`' table, parsed line by line (any BED-like text; names the first bad line)."""
+    rows = _data_lines(text)
     if not rows:
         raise UserError(f"regions file {path} has no regions: give a BED/narrowPeak file with at least one line.")
     chroms, starts, ends = _parse_intervals(rows, path, "regions file")
@@ -102,7 +165,7 @@ def read_regions(path: str | Path) -> pd.DataFrame:
 def read_intervals(path: str | Path, what: str = "exclude file") -> pd.DataFrame:
     """The first three columns (chrom, start, end) of a BED file; an empty file is allowed."""
     path = Path(path)
-    chroms, starts, ends = _parse_intervals(_data_lines(path, what), path, what)
+    chroms, starts, ends = _parse_intervals(_data_lines(_read_text(path, what)), path, what)
     return pd.DataFrame({"chrom": chroms, "start": starts, "end": ends})
 
 
