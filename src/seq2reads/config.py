@@ -108,6 +108,7 @@ class BPNetModel(Section):
     conv_kernel: int = Field(21, gt=0)
     dilated_kernel: int = Field(3, gt=0)
     profile_kernel: int = Field(75, gt=0)
+    count_norm: bool = Field(True, description="batch-normalise the pooled features of the count head")
     count_weight: float | None = Field(None, ge=0, description="None: set from the data (see losses)")
 
 

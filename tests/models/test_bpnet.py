@@ -117,3 +117,25 @@ def test_channels_last_layout_gives_the_same_outputs_and_grads():
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-4, msg=n)
     torch.testing.assert_close(a.embed(x, "dil2"), b.embed(x, "dil2"), rtol=1e-5, atol=1e-5)
+
+
+def test_count_norm_batch_statistics_and_eval_affine():
+    """count_norm: batch statistics in training (a batch of one uses the running ones), a fixed
+    affine map in eval mode (a window's prediction does not depend on the rest of its batch)."""
+    torch.manual_seed(0)
+    m = BPNet(n_cell_types=2, output_len=20, filters=8, layers=2, profile_kernel=11)
+    assert isinstance(m.count_norm, torch.nn.BatchNorm1d)
+    x = _onehot(6, m.min_input_len, seed=1)
+    before = m.count_norm.running_mean.clone()
+    m.train()
+    _, c_batch = m(x)
+    assert not torch.equal(m.count_norm.running_mean, before)  # running statistics updated
+    _, c_one = m(x[:1])  # no ValueError for a training batch of one window
+    assert torch.isfinite(c_one).all() and not torch.allclose(c_one, c_batch[:1])
+    m.eval()
+    with torch.no_grad():
+        _, full = m(x)
+        _, alone = m(x[2:3])
+    torch.testing.assert_close(full[2:3], alone)
+    off = BPNet(n_cell_types=2, output_len=20, filters=8, layers=2, profile_kernel=11, count_norm=False)
+    assert off.count_norm is None and "count_norm.running_mean" not in off.state_dict()

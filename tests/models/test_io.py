@@ -113,3 +113,20 @@ def test_pickle_is_never_used(saved, monkeypatch):
     monkeypatch.setattr(pickle, "loads", boom)
     monkeypatch.setattr(torch, "load", boom)
     assert load_model(out) is not None
+
+
+def test_model_files_from_before_count_norm_load(tmp_path):
+    """A model.json written before ``model.count_norm`` existed describes a model without it."""
+    cfg = _cfg(tmp_path).model_copy(update={})
+    cfg.model.count_norm = False
+    torch.manual_seed(0)
+    m = build_model(cfg.model, 2, 200, 100)
+    out = save_model(m, cfg, cfg.run_path / "model")
+    meta = json.loads((out / "model.json").read_text())
+    del meta["model"]["count_norm"]
+    (out / "model.json").write_text(json.dumps(meta))
+    loaded = load_model(out)
+    assert loaded.count_norm is None
+    x = torch.rand(2, 4, 200)
+    with torch.no_grad():
+        torch.testing.assert_close(m.eval()(x)[1], loaded(x)[1])

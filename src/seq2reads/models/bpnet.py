@@ -7,8 +7,16 @@ Architecture (Avsec et al. 2021, as in bpnet-lite / ChromBPNet), multi-cell-type
   ``d = 2**i`` (doubling), kernel ``dilated_kernel``;
 - profile head: a wide convolution (``profile_kernel``) to ``2 C`` channels, i.e. per cell type one
   logit track per strand; the profile of cell type ``c`` is a single softmax over both strands;
-- count head: the trunk features averaged over the output window, then a linear map to ``C``
-  log counts (``log(1 + total count)`` of the output window, both strands).
+- count head: the trunk features averaged over the output window, batch-normalised
+  (``count_norm``, on by default), then a linear map to ``C`` log counts (``log(1 + total
+  count)`` of the output window, both strands).
+
+Why the normalisation (not in bpnet-lite): the window-averaged features vary little from window
+to window next to their common level, and the trunk's shared parameters are driven by the much
+larger profile gradients, so without it the count head learns slowly. On the default simulated
+data (10,000 regions, 1,000 steps, our loss) test count Pearson was 0.44 with it against 0.30
+without (max+mean pooling: 0.37; a 10x count-head learning rate: 0.34). In eval mode it is a fixed
+affine map (running statistics), so attributions and ``tangermeme`` see a plain linear layer.
 
 Speed: every convolution is *valid* (no padding), so each layer computes only the span that the
 output still needs (its output length plus the receptive field of the layers after it), and an
@@ -46,6 +54,8 @@ class BPNet(nn.Module):
         Number of dilated residual layers; layer ``i`` (1-based) has dilation ``2**i``.
     conv_kernel, dilated_kernel, profile_kernel : int
         Kernel widths of the first conv, the dilated convs and the profile head.
+    count_norm : bool
+        Batch-normalise the pooled features before the count head (see the module docstring).
     channels_last : bool
         Run the convolutions as (N, C, 1, L) 2-D convolutions in channels-last memory layout
         (same parameters and results as the Conv1d layers). Off by default: on the AVX2 CPU we
@@ -68,6 +78,7 @@ class BPNet(nn.Module):
         conv_kernel: int = 21,
         dilated_kernel: int = 3,
         profile_kernel: int = 75,
+        count_norm: bool = True,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
@@ -87,6 +98,7 @@ class BPNet(nn.Module):
         )
         self.relus = nn.ModuleList(nn.ReLU() for _ in range(layers))
         self.profile_head = nn.Conv1d(filters, 2 * n_cell_types, profile_kernel)
+        self.count_norm = nn.BatchNorm1d(filters) if count_norm else None
         self.count_head = nn.Linear(filters, n_cell_types)
 
     # -- geometry ------------------------------------------------------------------------------
@@ -189,6 +201,12 @@ class BPNet(nn.Module):
         pooled = h[..., s : s + self.output_len].mean(dim=-1)  # average over the output window
         if pooled.ndim == 3:
             pooled = pooled.squeeze(2)
+        if self.count_norm is not None:
+            bn = self.count_norm
+            # a training batch of one window has no batch statistics: use the running ones
+            use_batch = bn.training and N > 1
+            pooled = F.batch_norm(pooled, bn.running_mean, bn.running_var, bn.weight, bn.bias, use_batch,
+                                  bn.momentum, bn.eps)
         return profile, self.count_head(pooled)
 
     def embed(self, X: torch.Tensor, layer: str) -> torch.Tensor:

@@ -136,8 +136,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     weights = d / WEIGHTS
     if not weights.exists():
         raise UserError(f"no trained weights in {d} (missing {WEIGHTS}): run `seq2reads train CONFIG` first.")
+    saved = dict(meta["model"]) if isinstance(meta.get("model"), dict) else meta.get("model")
+    if isinstance(saved, dict) and saved.get("type", "bpnet") == "bpnet":
+        saved.setdefault("count_norm", False)  # model files written before count_norm existed
     try:
-        model_cfg = TypeAdapter(ModelConfig).validate_python(meta["model"])
+        model_cfg = TypeAdapter(ModelConfig).validate_python(saved)
     except ValidationError:
         raise UserError(f"{d / META} describes an unknown model: retrain with `seq2reads train CONFIG`.") from None
     model = build_model(model_cfg, len(meta["cell_types"]), int(meta["input_len"]), int(meta["output_len"]))

@@ -31,6 +31,7 @@ def build_model(model_cfg, n_cell_types: int, input_len: int, output_len: int) -
             conv_kernel=model_cfg.conv_kernel,
             dilated_kernel=model_cfg.dilated_kernel,
             profile_kernel=model_cfg.profile_kernel,
+            count_norm=model_cfg.count_norm,
         )
     if model_cfg.type == "encoder":
         from seq2reads.models.encoder import MaskedEncoder

@@ -88,18 +88,27 @@ class NonFiniteGuard(L.Callback):
     Before the optimizer step it checks the (DDP-synchronised) gradients; if any is non-finite the
     gradients are dropped (``grad = None``: the optimizer leaves every weight as it was) and the
     trainer is told to stop. A non-finite loss is caught the same way after the batch. The
-    checkpoints therefore only ever hold weights from before the failure.
+    checkpoints therefore only ever hold weights from before the failure. Buffers that the
+    forward pass itself updates (BatchNorm running statistics) are snapshotted at each batch start
+    and put back when the guard trips, or when they turn non-finite.
     """
 
     def __init__(self, check_grads: bool = True) -> None:
         self.check_grads = check_grads
         self.tripped_step: int | None = None
         self.what = ""
+        self._buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._buffers = [(b, b.detach().clone()) for b in pl_module.buffers() if b.is_floating_point()]
 
     def _trip(self, trainer, what: str) -> None:
         if self.tripped_step is None:
             self.tripped_step = int(trainer.global_step)
             self.what = what
+        with torch.no_grad():
+            for b, saved in self._buffers:
+                b.copy_(saved)
         trainer.should_stop = True
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
@@ -109,6 +118,9 @@ class NonFiniteGuard(L.Callback):
         if not grads:
             return
         total = torch.stack(torch._foreach_norm(grads)).sum()
+        bufs = [b for b, _ in self._buffers]
+        if bufs and not torch.isfinite(torch.stack(torch._foreach_norm(bufs)).sum()):
+            total = total + float("nan")  # the forward pass already wrote non-finite statistics
         if not torch.isfinite(total):
             for g in optimizer.param_groups:
                 for p in g["params"]:
