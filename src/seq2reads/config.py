@@ -109,6 +109,7 @@ class BPNetModel(Section):
     dilated_kernel: int = Field(3, gt=0)
     profile_kernel: int = Field(75, gt=0)
     count_norm: bool = Field(True, description="batch-normalise the pooled features of the count head")
+    cell_share_weight: float = Field(0.0, ge=0, description="weight of the cell-type split NLL (see losses); 0: off")
     count_weight: float | None = Field(None, ge=0, description="None: set from the data (see losses)")
 
 

@@ -104,3 +104,21 @@ def test_count_weight_rule(stats):
     with pytest.raises(ValueError):
         count_weight_from_data(stats, 3)
     assert np.isfinite(count_weight_from_data(stats)).all()
+
+
+def test_cell_share_nll_is_the_multinomial_of_the_cell_split():
+    from seq2reads.models.losses import cell_share_nll
+
+    g = torch.Generator().manual_seed(0)
+    counts = torch.poisson(torch.rand(5, 3, 2, 40, generator=g) * 2)
+    mask = torch.rand(5, 40, generator=g) > 0.2
+    lc = torch.randn(5, 3, generator=g)
+    got = cell_share_nll(lc, counts, mask, reduce=False)
+    y = (counts * mask[:, None, None, :]).sum((-1, -2))
+    for i in range(5):
+        ref = -torch.distributions.Multinomial(int(y[i].sum()), logits=lc[i]).log_prob(y[i])
+        torch.testing.assert_close(got[i], ref, rtol=1e-4, atol=1e-4)
+    # only the differences between cell types matter: a common shift changes nothing
+    torch.testing.assert_close(cell_share_nll(lc + 3.0, counts, mask), got.mean())
+    # and predicting the observed split beats a uniform one
+    assert cell_share_nll(torch.log(y + 1e-3), counts, mask) < cell_share_nll(torch.zeros(5, 3), counts, mask)

@@ -62,7 +62,10 @@ def test_trained_run_outputs(bpnet_run):
     assert all(w >= 1.0 for w in meta["extra"]["count_weight"])
     assert (run / "config.yaml").exists()
     m = pd.read_csv(run / "logs" / "metrics.csv")
-    for col in ("train/loss", "train/profile_nll", "train/count_mse", "val/loss", "val/profile_nll"):
+    cols = ["train/loss", "train/profile_nll", "train/count_mse", "val/loss", "val/profile_nll"]
+    if len(bpnet_run.cell_types) > 1 and bpnet_run.model.cell_share_weight > 0:
+        cols += ["train/cell_share_nll", "val/cell_share_nll"]
+    for col in cols:
         assert col in m.columns and m[col].notna().any(), col
     assert m["val/loss"].dropna().map(float).apply(lambda v: v == v).all()
     assert (run / "checkpoints" / "last.ckpt").exists() and (run / "checkpoints" / "best.ckpt").exists()
@@ -205,3 +208,12 @@ def test_window_too_short_exits_2_naming_minimum(prepared_run, sim_dir, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"at least {need} bp" in err[0]
     assert not (cfg.run_path / "model").exists() and not (cfg.run_path / "checkpoints").exists()
+
+
+def test_cell_share_loss_is_logged_and_trains(prepared_run, sim_dir, tmp_path):
+    cfg = _run_with_dataset(prepared_run, sim_dir, tmp_path, "share",
+                            ["model.cell_share_weight=1.0", "train.max_epochs=1", "train.checkpoint_every=100"])
+    train(cfg)
+    m = pd.read_csv(cfg.run_path / "logs" / "metrics.csv")
+    for col in ("train/cell_share_nll", "val/cell_share_nll"):
+        assert col in m.columns and m[col].notna().any() and (m[col].dropna() >= 0).all(), col

@@ -6,9 +6,12 @@
   from the counts (the softmax renormalises over the kept positions).
 - :func:`log_count_mse`: squared error between the predicted ``log(1 + total)`` and the observed
   ``log1p`` of the masked total over both strands.
+- :func:`cell_share_nll`: multinomial NLL of how a window's reads split between the cell types,
+  with probabilities ``softmax_c(log_counts)`` (multi-cell-type models only).
 - :func:`count_weight_from_data`: the weight of the count loss, one per cell type.
 
-The total loss is ``mean_c [ NLL_c + w_c * MSE_c ]`` (both averaged over windows).
+The total loss is ``mean_c [ NLL_c + w_c * MSE_c ] + s * share_NLL / C`` (averaged over windows;
+``s`` = ``model.cell_share_weight``, default 0; always 0 with one cell type).
 """
 
 from __future__ import annotations
@@ -98,6 +101,38 @@ def log_count_mse(
     target = torch.log1p(masked_total(counts, mask))
     err = (log_counts.float() - target) ** 2
     return err.mean() if reduce else err
+
+
+def cell_share_nll(log_counts: torch.Tensor, counts: torch.Tensor, mask: torch.Tensor | None = None,
+                   reduce: bool = True) -> torch.Tensor:
+    """Multinomial NLL of the split of a window's reads between cell types.
+
+    The observed totals ``y_c`` (both strands, unmasked positions) are scored against
+    ``softmax_c(log_counts)``. Why (not in BPNet): the log-count MSE weighs every window alike
+    however many reads it has and mostly teaches the level that all cell types share; this term,
+    like the profile NLL, grows with the reads and only sees the differences between cell types,
+    which is where cell-type-specific regulators show. bpnet-lite gets a similar signal from its
+    one softmax over every cell type's tracks. Measured (default simulated data): it sharpens the
+    cell-type-specific count responses but lowered test count Pearson at 30 epochs (0.44 -> 0.37),
+    so ``model.cell_share_weight`` defaults to 0 (off).
+
+    Parameters
+    ----------
+    log_counts : Tensor (N, C)
+        Predicted ``log(1 + total)``.
+    counts : Tensor (N, C, 2, L)
+        Observed reads.
+    mask : Tensor bool (N, L), optional
+
+    Returns
+    -------
+    Mean over windows (nats per window), or the (N,) values with ``reduce=False``.
+    """
+    y = masked_total(counts, mask)
+    logp = torch.log_softmax(log_counts.float(), dim=-1)
+    total = y.sum(-1)
+    nll = -(torch.lgamma(total + 1) - torch.lgamma(y + 1).sum(-1) + (y * logp).sum(-1))
+    return nll.mean() if reduce else nll
 
 
 def combined_loss(

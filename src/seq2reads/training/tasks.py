@@ -2,12 +2,14 @@
 
 :class:`ProfileCountTask` takes a loader batch (``seq (B, 4, L_in)``, ``signal (B, C, 2, L_in)``,
 ``mask (B, L_in)``, ``index``), crops the targets and the mask to the model's centred output
-window and optimises ``mean_c [NLL_c + w_c MSE_c]`` (:mod:`seq2reads.models.losses`), with
-``w_c`` = ``model.count_weight`` when given, else the data rule of
-:func:`~seq2reads.models.losses.count_weight_from_data`.
+window and optimises ``mean_c [NLL_c + w_c MSE_c] + s share_NLL / C``
+(:mod:`seq2reads.models.losses`), with ``w_c`` = ``model.count_weight`` when given, else the data
+rule of :func:`~seq2reads.models.losses.count_weight_from_data`, and ``s`` =
+``model.cell_share_weight`` (the cell-type split of the reads; default 0 = off, and off with one
+cell type).
 
-Logged: ``train/loss``, ``train/profile_nll``, ``train/count_mse``, ``train/lr`` every step and
-``val/loss``, ``val/profile_nll``, ``val/count_mse`` per validation epoch.
+Logged: ``train/loss``, ``train/profile_nll``, ``train/count_mse``, ``train/cell_share_nll`` (when
+on), ``train/lr`` every step and the same ``val/`` values per validation epoch.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 
 from seq2reads.data.loader import center_crop
-from seq2reads.models.losses import combined_loss, count_weight_from_data
+from seq2reads.models.losses import cell_share_nll, combined_loss, count_weight_from_data
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
@@ -65,6 +67,7 @@ class ProfileCountTask(L.LightningModule):
         else:
             weights = [1.0] * C
         self.count_weights = weights
+        self.share_weight = float(getattr(cfg.model, "cell_share_weight", 0.0) or 0.0) if C > 1 else 0.0
         self.register_buffer("count_weight", torch.tensor(weights, dtype=torch.float32), persistent=False)
         if stats:
             self._init_count_bias(stats, samples)
@@ -88,34 +91,41 @@ class ProfileCountTask(L.LightningModule):
     def forward(self, X: torch.Tensor):
         return self.model(X)
 
-    def _step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss, its parts by log name) of a batch."""
         profile, log_counts = self.model(batch["seq"])
         L_out = profile.shape[-1]
         y = center_crop(batch["signal"], L_out)
         m = center_crop(batch["mask"], L_out)
-        return combined_loss(profile, log_counts, y, m, self.count_weight)
+        loss, nll, mse = combined_loss(profile, log_counts, y, m, self.count_weight)
+        parts = {"profile_nll": nll, "count_mse": mse}
+        if self.share_weight > 0:
+            share = cell_share_nll(log_counts, y, m)
+            loss = loss + self.share_weight * share / log_counts.shape[-1]
+            parts["cell_share_nll"] = share
+        return loss, parts
+
+    def _log_parts(self, split: str, loss: torch.Tensor, parts: dict, b: int) -> None:
+        self.log_dict({f"{split}/loss": loss, **{f"{split}/{k}": v for k, v in parts.items()}},
+                      on_step=False, on_epoch=True, prog_bar=False, batch_size=b, sync_dist=True)
 
     def training_step(self, batch: dict, batch_idx: int):
-        loss, nll, mse = self._step(batch)
+        loss, parts = self._step(batch)
         b = batch["seq"].shape[0]
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=b)
-        self.log_dict({"train/profile_nll": nll.detach(), "train/count_mse": mse.detach(),
+        self.log_dict({**{f"train/{k}": v.detach() for k, v in parts.items()},
                        "train/lr": float(self.optimizers().param_groups[0]["lr"])},
                       on_step=True, on_epoch=False, batch_size=b)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int):
-        loss, nll, mse = self._step(batch)
-        b = batch["seq"].shape[0]
-        self.log_dict({"val/loss": loss, "val/profile_nll": nll, "val/count_mse": mse},
-                      on_step=False, on_epoch=True, prog_bar=False, batch_size=b, sync_dist=True)
+        loss, parts = self._step(batch)
+        self._log_parts("val", loss, parts, batch["seq"].shape[0])
         return loss
 
     def test_step(self, batch: dict, batch_idx: int):
-        loss, nll, mse = self._step(batch)
-        b = batch["seq"].shape[0]
-        self.log_dict({"test/loss": loss, "test/profile_nll": nll, "test/count_mse": mse},
-                      on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
+        loss, parts = self._step(batch)
+        self._log_parts("test", loss, parts, batch["seq"].shape[0])
         return loss
 
     def configure_optimizers(self):
