@@ -253,3 +253,22 @@ def test_tiny_encoder_learns_masked_sequence(one_thread):
     acc = (logits.argmax(1) == x.argmax(1))[sm].float().mean().item()
     # chance is 0.25 / ln 4 = 1.39 nats; spans of several bases keep it from being perfect in 80 steps
     assert first > 1.2 and loss.item() < 0.5 * first and acc > 0.6, (first, loss.item(), acc)
+
+
+def test_count_head_norm_uses_batch_statistics_only_in_training():
+    from seq2reads.models.heads import PooledHead
+
+    torch.manual_seed(0)
+    head = PooledHead(8, 1, norm=True)
+    h = torch.randn(5, 7, 8)
+    head.train()
+    before = head.norm.running_mean.clone()
+    y = head(h)
+    assert not torch.equal(head.norm.running_mean, before)
+    assert torch.isfinite(head(h[:1])).all()  # a batch of one: running statistics
+    head.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(head(h)[2:3], head(h[2:3]))
+    assert y.shape == (5, 1) and PooledHead(8, 1).norm is None
+    m = MaskedEncoder.from_config(EncoderModel(d_model=16, depth=1, heads=2, count_norm=False), 2, 64, 32)
+    assert m.count_head.norm is None

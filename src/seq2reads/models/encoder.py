@@ -114,7 +114,7 @@ class MaskedEncoder(nn.Module):
         C, the number of cell types (config ``samples``, in order).
     input_len, output_len : int
         Window lengths in bp; ``input_len`` must be a multiple of ``patch``.
-    d_model, depth, heads, mlp_ratio, dropout, patch, seq_kernels, read_norm
+    d_model, depth, heads, mlp_ratio, dropout, patch, seq_kernels, read_norm, count_norm
         As in the ``EncoderModel`` config section.
     """
 
@@ -131,6 +131,7 @@ class MaskedEncoder(nn.Module):
         patch: int = 1,
         seq_kernels: Sequence[int] = (1, 9, 25),
         read_norm: str = "log1p",
+        count_norm: bool = False,
     ) -> None:
         super().__init__()
         if input_len % patch:
@@ -160,7 +161,7 @@ class MaskedEncoder(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.read_head = TokenHead(d_model, 2, patch)
         self.seq_head = TokenHead(d_model, 4, patch)
-        self.count_head = PooledHead(d_model, 1)
+        self.count_head = PooledHead(d_model, 1, norm=count_norm)
         self.cell_head = PooledHead(d_model, n_cell_types)
 
     @classmethod
@@ -170,6 +171,7 @@ class MaskedEncoder(nn.Module):
             n_cell_types, input_len, output_len, d_model=model_cfg.d_model, depth=model_cfg.depth,
             heads=model_cfg.heads, mlp_ratio=model_cfg.mlp_ratio, dropout=model_cfg.dropout,
             patch=model_cfg.patch, seq_kernels=tuple(model_cfg.seq_kernels), read_norm=model_cfg.read_norm,
+            count_norm=model_cfg.count_norm,
         )
 
     # -- naming ---------------------------------------------------------------------------------

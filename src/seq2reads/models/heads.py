@@ -43,14 +43,25 @@ class TokenHead(nn.Module):
 
 
 class PooledHead(nn.Module):
-    """Mean over tokens, then linear: ``(N, T, D) -> (N, out)``."""
+    """Mean over tokens, optionally batch-normalised (``norm``), then linear: ``(N, T, D) -> (N, out)``.
 
-    def __init__(self, d_model: int, out: int) -> None:
+    ``norm`` is the CNN's ``count_norm`` (see :mod:`seq2reads.models.bpnet`): token averages vary
+    little between windows next to their common level, which slows a linear head on them. A
+    training batch of one example uses the running statistics.
+    """
+
+    def __init__(self, d_model: int, out: int, norm: bool = False) -> None:
         super().__init__()
+        self.norm = nn.BatchNorm1d(d_model) if norm else None
         self.linear = nn.Linear(d_model, out)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.linear(h.mean(1))
+        x = h.mean(1)
+        if self.norm is not None:
+            bn = self.norm
+            x = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                             bn.training and x.shape[0] > 1, bn.momentum, bn.eps)
+        return self.linear(x)
 
 
 def _zero(ref: torch.Tensor) -> tuple[torch.Tensor, int]:

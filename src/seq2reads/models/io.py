@@ -137,7 +137,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     if not weights.exists():
         raise UserError(f"no trained weights in {d} (missing {WEIGHTS}): run `seq2reads train CONFIG` first.")
     saved = dict(meta["model"]) if isinstance(meta.get("model"), dict) else meta.get("model")
-    if isinstance(saved, dict) and saved.get("type", "bpnet") == "bpnet":
+    if isinstance(saved, dict):
         saved.setdefault("count_norm", False)  # model files written before count_norm existed
     try:
         model_cfg = TypeAdapter(ModelConfig).validate_python(saved)
