@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seq2reads.models.heads import pooled_batch_norm
+
 
 class BPNet(nn.Module):
     """Dilated residual CNN mapping one-hot DNA to stranded profiles and total counts per cell type.
@@ -203,11 +205,7 @@ class BPNet(nn.Module):
         if pooled.ndim == 3:
             pooled = pooled.squeeze(2)
         if self.count_norm is not None:
-            bn = self.count_norm
-            # a training batch of one window has no batch statistics: use the running ones
-            use_batch = bn.training and N > 1
-            pooled = F.batch_norm(pooled, bn.running_mean, bn.running_var, bn.weight, bn.bias, use_batch,
-                                  bn.momentum, bn.eps)
+            pooled = pooled_batch_norm(pooled, self.count_norm)
         return profile, self.count_head(pooled)
 
     def embed(self, X: torch.Tensor, layer: str) -> torch.Tensor:

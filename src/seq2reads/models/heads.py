@@ -57,11 +57,14 @@ class PooledHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         x = h.mean(1)
-        if self.norm is not None:
-            bn = self.norm
-            x = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                             bn.training and x.shape[0] > 1, bn.momentum, bn.eps)
-        return self.linear(x)
+        return self.linear(pooled_batch_norm(x, self.norm) if self.norm is not None else x)
+
+
+def pooled_batch_norm(x: torch.Tensor, bn: nn.BatchNorm1d) -> torch.Tensor:
+    """``bn`` on pooled features ``(N, F)``; a training batch of one uses the running statistics
+    (``nn.BatchNorm1d`` would raise: one value per channel has no batch variance)."""
+    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                        bn.training and x.shape[0] > 1, bn.momentum, bn.eps)
 
 
 def _zero(ref: torch.Tensor) -> tuple[torch.Tensor, int]:
