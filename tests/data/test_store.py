@@ -378,6 +378,32 @@ def test_parallel_chunked_equals_serial(tmp_path, monkeypatch, start_method):
         np.testing.assert_array_equal(rep[w, 0], exp)
 
 
+def test_chunk_files_match_zarr(tmp_path, monkeypatch):
+    """The chunk paths and Blosc settings that workers write with (computed before the arrays exist)
+    are those of the arrays zarr creates, and every chunk file written is one zarr reads."""
+    import zarr
+
+    from seq2reads.data import store as store_mod
+
+    cfg_path, _ = make_inputs(tmp_path, n_regions=40, bam=True, replicate=True)
+    monkeypatch.setattr(store_mod, "TARGET_CHUNK_BYTES", 1)  # 8-row chunks: several files per array
+    cfg = load_config(cfg_path)
+    ds = prepare(cfg, workers=2, progress=False)
+    attrs = open_dataset(cfg.run_dir).attrs
+    for name in ("seq", "signal", "mask", "replicate_signal"):
+        a = zarr.open_array(str(ds / name), mode="r")
+        files, codec, skip = store_mod._chunk_files(str(ds), name, a.shape, str(a.dtype), attrs["chunk_rows"])
+        rest = (0,) * (a.ndim - 1)
+        assert files == [f"{ds}/{name}/{a.metadata.encode_chunk_key((i, *rest))}" for i in range(len(files))]
+        assert len(files) == -(-a.shape[0] // a.chunks[0])
+        (blosc,) = a.compressors
+        assert (codec["cname"], codec["clevel"], codec["typesize"]) == (blosc.cname.value, blosc.clevel, blosc.typesize)
+        assert codec["shuffle"] == {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[blosc.shuffle.value]
+        assert skip == (a.fill_value if name in store_mod.SKIP_FILL_CHUNKS else None)
+        on_disk = {str(p) for p in (ds / name).iterdir() if p.name != "zarr.json"}
+        assert on_disk <= set(files) and (on_disk or name == "mask")  # all-True mask chunks: no file
+
+
 def test_dense_reads_equal_sparse_reads(tmp_path, monkeypatch):
     """bigWigs read densely (pyBigWig values over blocks) and sparsely (entries scattered into the
     windows) give the same store; so do a read-end BAM and the same BAM read block by block; and many

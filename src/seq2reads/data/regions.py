@@ -107,13 +107,15 @@ def _fast_regions(text: str) -> pd.DataFrame | None:
             return None
         centres = np.where(has, starts + summit, centres)
     chrom = df[0]
-    default = chrom + ":" + df[1].str.strip() + "-" + df[2].str.strip()
-    if df.shape[1] >= 4:
-        names = df[3].where(~df[3].isin(["", "."]), default)
-    else:
-        names = default
-    if (df[1].str.strip() != pd.Series(starts).astype(str)).any() or (df[2].str.strip() != pd.Series(ends).astype(str)).any():
+    start_txt, end_txt = df[1].str.strip(), df[2].str.strip()
+    if (start_txt != pd.Series(starts).astype(str)).any() or (end_txt != pd.Series(ends).astype(str)).any():
         return None  # e.g. '+5' or '05': let the line reader build names exactly as it does
+    unnamed = df[3].isin(["", "."]) if df.shape[1] >= 4 else None
+    if unnamed is not None and not unnamed.any():
+        names = df[3]  # every line named: skip building the default names
+    else:
+        default = chrom + ":" + start_txt + "-" + end_txt
+        names = default if unnamed is None else df[3].where(~unnamed, default)
     return pd.DataFrame({"chrom": chrom.to_numpy(dtype=object), "start": starts, "end": ends, "centre": centres,
                          "name": names.to_numpy(dtype=object)})
 

@@ -390,20 +390,42 @@ def _mask_intervals(mask: np.ndarray, starts: np.ndarray, xs: np.ndarray, xe: np
             mask[i, max(a - s, 0) : max(b - s, 0)] = False
 
 
-def _chunk_files(root: str, name: str) -> tuple[list[str], dict, Any]:
-    """The file of every chunk of Zarr array ``root/name`` (row chunks), its Blosc settings and its
-    fill value when chunks holding only that value are left unwritten (else None)."""
-    import zarr
+def _chunk_files(root: str, name: str, shape: tuple[int, ...], dtype: str, chunk: int) -> tuple[list[str], dict, Any]:
+    """The file of every chunk of the Zarr array ``root/name`` that :func:`_create_arrays` makes (row
+    chunks of ``chunk`` rows, keys ``c.i.0.0`` in the array's folder), its numcodecs Blosc settings
+    (those zarr derives from ``BLOSC[name]``: typesize = item size, automatic block size) and its fill
+    value when chunks holding only that value are left unwritten (else None).
 
-    a = zarr.open_array(f"{root}/{name}", mode="r")
-    (blosc,) = a.compressors
-    shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[blosc.shuffle.value]
-    codec = {"cname": blosc.cname.value, "clevel": blosc.clevel, "shuffle": shuffle, "blocksize": blosc.blocksize,
-             "typesize": blosc.typesize}
-    rest = (0,) * (a.ndim - 1)
-    n = -(-a.shape[0] // a.chunks[0])
-    files = [f"{root}/{name}/{a.metadata.encode_chunk_key((i, *rest))}" for i in range(n)]
-    return files, codec, (a.fill_value if name in SKIP_FILL_CHUNKS else None)
+    Computed rather than read from the array so that workers can write chunks before the array's
+    metadata exists (``prepare`` creates it while they run); a test checks both agree.
+    """
+    b = BLOSC[name]
+    codec = {"cname": b["cname"], "clevel": b["clevel"],
+             "shuffle": {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[b["shuffle"]], "blocksize": 0,
+             "typesize": np.dtype(dtype).itemsize}
+    rest = ".0" * (len(shape) - 1)
+    files = [f"{root}/{name}/c.{i}{rest}" for i in range(-(-shape[0] // chunk))]
+    return files, codec, (FILL[name] if name in SKIP_FILL_CHUNKS else None)
+
+
+def _store_arrays(W: int, C: int, S: int, has_rep: bool) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Name -> (shape, dtype) of the dataset's window arrays."""
+    arrays = {"seq": ((W, S), "uint8"), "signal": ((W, C, 2, S), "float32"), "mask": ((W, S), "bool")}
+    if has_rep:
+        arrays["replicate_signal"] = ((W, C, 2, S), "float32")
+    return arrays
+
+
+def _create_arrays(root, arrays: dict, chunk: int) -> None:
+    """Create (metadata only) the Zarr ``arrays`` (see :func:`_store_arrays`) in group ``root``."""
+    from zarr.codecs import BloscCodec
+
+    for name, (shape, dtype) in arrays.items():
+        # Chunk files named c.i.0.0.0 in the array's folder rather than nested c/i/0/0/0 folders:
+        # creating and (on a re-run) deleting hundreds of folders costs more than writing the data.
+        root.create_array(name, shape=shape, chunks=(chunk, *shape[1:]), dtype=dtype, fill_value=FILL[name],
+                          compressors=[BloscCodec(**BLOSC[name])],
+                          chunk_key_encoding={"name": "default", "separator": "."})
 
 
 def _write_chunks(files: list[str], arr: np.ndarray, chunk: int, codec: dict, skip_fill: Any = None) -> None:
@@ -431,7 +453,7 @@ def _write_chunks(files: list[str], arr: np.ndarray, chunk: int, codec: dict, sk
             rows = full
         out = Path(path)
         if not out.parent.exists():
-            out.parent.mkdir(parents=True)
+            out.parent.mkdir(parents=True, exist_ok=True)  # another worker may make it meanwhile
         out.write_bytes(blosc.encode(np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("<"))))
 
 
@@ -462,7 +484,6 @@ def prepare(cfg, workers: int | None = None, progress: bool = True) -> Path:
         Any bad input (checked before anything is written).
     """
     import zarr
-    from zarr.codecs import BloscCodec
 
     from seq2reads.atomic import atomic_path
     from seq2reads.config import save_run_config
@@ -481,19 +502,16 @@ def prepare(cfg, workers: int | None = None, progress: bool = True) -> Path:
     out = cfg.run_path / DATASET_DIR
     with atomic_path(out) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        # Chunk files named c.i.0.0.0 in the array's folder rather than nested c/i/0/0/0 folders:
-        # creating and (on a re-run) deleting hundreds of folders costs more than writing the data.
-        arrays = {"seq": ((W, S), "uint8"), "signal": ((W, C, 2, S), "float32"), "mask": ((W, S), "bool")}
-        if any(has_rep):
-            arrays["replicate_signal"] = ((W, C, 2, S), "float32")
-        for name, (shape, dtype) in arrays.items():
-            root.create_array(name, shape=shape, chunks=(chunk, *shape[1:]), dtype=dtype, fill_value=FILL[name],
-                              compressors=[BloscCodec(**BLOSC[name])],
-                              chunk_key_encoding={"name": "default", "separator": "."})
-        # the window table (but its gc column) is written by this process while the workers run
+        arrays = _store_arrays(W, C, S, any(has_rep))
         before = [c for c in REGION_COLUMNS if c != "gc"]
-        totals, win["gc"] = run_tasks(cfg, inp, win, str(tmp), chunk, workers, progress,
-                                      meanwhile=lambda: _write_regions(root, win, before))
+
+        def meanwhile() -> None:
+            # the arrays' metadata and the window table (but its gc column) are written by this
+            # process while the workers extract and write the chunks
+            _create_arrays(root, arrays, chunk)
+            _write_regions(root, win, before)
+
+        totals, win["gc"] = run_tasks(cfg, inp, win, str(tmp), chunk, workers, progress, meanwhile=meanwhile)
         _write_regions(root, win, ("gc",))
         root.update_attributes(_attrs(cfg, win, totals, has_rep, past, chunk))  # one metadata write
     save_run_config(cfg)
@@ -524,8 +542,8 @@ def run_tasks(cfg, inp: Inputs, win: pd.DataFrame, root: str | None, chunk: int,
     has_rep = any(bool(r) for r in inp.replicates)
     files = {}
     if root is not None:
-        for name in ("seq", "signal", "mask") + (("replicate_signal",) if has_rep else ()):
-            files[name] = _chunk_files(root, name)
+        for name, (shape, dtype) in _store_arrays(W, C, S, has_rep).items():
+            files[name] = _chunk_files(root, name, shape, dtype, chunk)
     shared = dict(genome=inp.genome, tracks=inp.tracks, replicates=inp.replicates, S=S, chunk=chunk,
                   output_len=cfg.window.output, has_rep=has_rep)
     jobs = []

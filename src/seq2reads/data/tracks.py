@@ -332,7 +332,8 @@ class BamTrack:
         for r in h.fetch(chrom, lo, hi):
             flag = r.flag
             # 0xF04: unmapped, secondary, QC-fail, duplicate, supplementary; 0x81: read 2 of a pair
-            if flag & 0xF04 or (flag & 0x81) == 0x81 or r.mapping_quality < min_mapq:
+            # (min_mapq first: with the default 0 the mapping-quality attribute is never read)
+            if flag & 0xF04 or (flag & 0x81) == 0x81 or (min_mapq and r.mapping_quality < min_mapq):
                 continue
             # 5' end: first aligned base on + reads, last on - reads; 3' end the other way round.
             # (reference_end is None for a mapped read without a CIGAR: no alignment end to count)
@@ -362,7 +363,7 @@ class BamTrack:
         strand: list[int] = []
         for r in h.fetch(chrom, lo, hi):
             flag = r.flag
-            if flag & 0xF04 or r.mapping_quality < min_mapq:
+            if flag & 0xF04 or (min_mapq and r.mapping_quality < min_mapq):
                 continue
             rev = bool(flag & 0x10)
             if flag & 0x1 and flag & 0x80:
