@@ -62,8 +62,9 @@ def test_patch_must_divide_the_window():
         tiny(patch=3, length=128, out=64)
 
 
-def test_masked_inputs_do_not_leak():
-    m = tiny(4, 128, 64)
+@pytest.mark.parametrize("seq_dilated", [0, 2])
+def test_masked_inputs_do_not_leak(seq_dilated):
+    m = tiny(4, 128, 64, seq_dilated=seq_dilated)
     x, r = one_hot(4, 128, 1), reads_like(4, 128, 1)
     cell = torch.tensor([0, 1, 2, 0])
     sm = span_mask(4, 128, 0.2, 0.4, 8, torch.Generator().manual_seed(0))
@@ -82,6 +83,22 @@ def test_masked_inputs_do_not_leak():
     assert not torch.allclose(base["seq_logits"], m.encode(x3, r, cell, sm, rm, cm)["seq_logits"], atol=1e-4)
     r3 = torch.where(~rm[:, None], r + 3, r)
     assert not torch.allclose(base["profile_logits"], m.encode(x, r3, cell, sm, rm, cm)["profile_logits"], atol=1e-4)
+
+
+def test_seq_dilated_widens_what_a_position_sees():
+    """At base resolution the embedding of a position reaches 2 bp (kernel 5) without the dilated
+    blocks and 2 + 2 + 4 = 8 bp with two of them (dilations 2 and 4)."""
+    x = one_hot(1, 128)
+
+    def moved(m, distance):
+        y = x.clone()
+        y[0, :, 64 + distance] = y[0, :, 64 + distance].roll(1)  # another base, `distance` bp away
+        return not torch.allclose(m.embed(x, "embed", cell=0)[0, :, 64], m.embed(y, "embed", cell=0)[0, :, 64])
+
+    plain, stem = tiny(1, 128, 64, seq_dilated=0), tiny(1, 128, 64, seq_dilated=2)
+    assert len(stem.seq_dilated) == 2 and len(plain.seq_dilated) == 0
+    assert moved(plain, 2) and not moved(plain, 6)
+    assert moved(stem, 6) and moved(stem, 8) and not moved(stem, 9)
 
 
 def test_sum_read_norm_uses_only_unmasked_reads():
@@ -272,3 +289,29 @@ def test_count_head_norm_uses_batch_statistics_only_in_training():
     assert y.shape == (5, 1) and PooledHead(8, 1).norm is None
     m = MaskedEncoder.from_config(EncoderModel(d_model=16, depth=1, heads=2, count_norm=False), 2, 64, 32)
     assert m.count_head.norm is None
+
+
+def test_count_pool_output_averages_the_output_window_tokens():
+    from seq2reads.models.heads import PooledHead
+
+    h = torch.randn(3, 10, 4)
+    head = PooledHead(4, 1, tokens=(2, 7))
+    torch.testing.assert_close(head(h), head.linear(h[:, 2:7].mean(1)))
+    m = tiny(8, 256, 100, count_pool="output")
+    assert m.output_tokens() == (9, 23)  # output window [78, 178) bp: tokens 9 .. 22
+    assert m.count_head.tokens == (9, 23) and tiny(8, 256, 100, count_pool="window").count_head.tokens is None
+    # the count reads only the output tokens: edit a token outside them and it stays, inside and it moves
+    x = one_hot(2, 256)
+
+    def edit(t):
+        def f(h):
+            h = h.clone()
+            h[..., t] += 5.0
+            return h
+        return {"final": f}
+
+    base = m.encode(x, None, 0)["log_count"]
+    torch.testing.assert_close(m.encode(x, None, 0, intervene=edit(3))["log_count"], base)
+    assert not torch.allclose(m.encode(x, None, 0, intervene=edit(12))["log_count"], base)
+    with pytest.raises(UserError, match="count_pool"):
+        MaskedEncoder(3, 256, 100, d_model=16, depth=1, heads=2, count_pool="middle")

@@ -130,3 +130,32 @@ def test_model_files_from_before_count_norm_load(tmp_path):
     x = torch.rand(2, 4, 200)
     with torch.no_grad():
         torch.testing.assert_close(m.eval()(x)[1], loaded(x)[1])
+
+
+def test_encoder_files_from_before_the_sequence_stem_load(tmp_path):
+    """An encoder model.json written before ``seq_dilated``/``count_pool`` existed describes the
+    encoder of that time (no dilated stem, count pooled over the whole window), which loads and
+    predicts as saved; the current defaults build the stem and pool the output window."""
+    cfg = validate_config({
+        "run_dir": str(tmp_path / "run"), "genome": "g.fa", "regions": "r.bed",
+        "samples": [{"name": "A", "plus": "a+.bw", "minus": "a-.bw"}],
+        "window": {"input": 128, "output": 64, "jitter": 0},
+        "model": {"type": "encoder", "d_model": 16, "depth": 1, "heads": 2, "patch": 4,
+                  "seq_dilated": 0, "count_pool": "window"},
+    })
+    assert validate_config({**cfg.model_dump(mode="json"), "model": {"type": "encoder"}}).model.seq_dilated == 6
+    torch.manual_seed(0)
+    m = build_model(cfg.model, 1, 128, 64)
+    out = save_model(m, cfg, cfg.run_path / "model")
+    meta = json.loads((out / "model.json").read_text())
+    del meta["model"]["seq_dilated"], meta["model"]["count_pool"]
+    (out / "model.json").write_text(json.dumps(meta))
+    loaded = load_model(out)
+    assert len(loaded.seq_dilated) == 0 and loaded.count_head.tokens is None
+    x = torch.rand(2, 4, 128)
+    with torch.no_grad():
+        for a, b in zip(m.eval()(x), loaded(x)):
+            torch.testing.assert_close(a, b)
+    fresh = build_model(validate_config({**cfg.model_dump(mode="json"), "model": {"type": "encoder", "d_model": 16,
+                                                                                  "depth": 1, "heads": 2, "patch": 4}}).model, 1, 128, 64)
+    assert len(fresh.seq_dilated) == 6 and fresh.count_head.tokens == (8, 24)

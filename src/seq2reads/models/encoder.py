@@ -7,7 +7,10 @@ Inputs are summed into one residual stream of width ``D = d_model``:
 - **sequence** ``(N, 4, L)`` one-hot: one ``Conv1d(4, D, k, padding="same")`` per kernel width in
   ``seq_kernels``, each followed by GELU, summed (the nonlinearity keeps the widths from collapsing
   into one linear filter). Masked positions are zeroed *before* the convolutions, so no output
-  ever sees a masked base, and a learned mask vector is added there.
+  ever sees a masked base, and a learned mask vector is added there. Optionally (``seq_dilated =
+  K > 0``) ``K`` residual blocks ``x + GELU(Conv1d(D, D, 3, dilation=2**i, padding="same")(x))``,
+  ``i = 1..K``, widen what each position sees of the sequence (as BPNet's trunk does) before the
+  reads are added and the stream is patched.
 - **reads** ``(N, 2, L)`` per-base counts (plus, minus), normalised (``read_norm``):
   ``log1p`` — ``log(1 + count)`` per position (default; no information crosses positions), or
   ``sum`` — counts divided by the window's total over *unmasked* positions of both strands, times
@@ -132,6 +135,8 @@ class MaskedEncoder(nn.Module):
         seq_kernels: Sequence[int] = (1, 9, 25),
         read_norm: str = "log1p",
         count_norm: bool = False,
+        seq_dilated: int = 6,
+        count_pool: str = "output",
     ) -> None:
         super().__init__()
         if input_len % patch:
@@ -145,12 +150,17 @@ class MaskedEncoder(nn.Module):
             raise UserError(f"model.d_model ({d_model}) must split into {heads} heads of even width (RoPE).")
         if not seq_kernels:
             raise UserError("model.seq_kernels is empty: give at least one kernel width, e.g. [1, 9, 25].")
+        if count_pool not in ("window", "output"):
+            raise UserError(f"model.count_pool must be 'window' or 'output', got {count_pool!r}.")
         if read_norm not in ("log1p", "sum"):
             raise UserError(f"model.read_norm must be 'log1p' or 'sum', got {read_norm!r}.")
         self.n_cell_types, self.input_len, self.output_len = n_cell_types, input_len, output_len
         self.d_model, self.depth, self.heads, self.patch = d_model, depth, heads, patch
         self.read_norm = read_norm
         self.seq_convs = nn.ModuleList(nn.Conv1d(4, d_model, k, padding="same") for k in seq_kernels)
+        self.seq_dilated = nn.ModuleList(
+            nn.Conv1d(d_model, d_model, 3, dilation=2**i, padding="same") for i in range(1, seq_dilated + 1)
+        )
         self.read_conv = nn.Conv1d(2, d_model, READ_KERNEL, padding="same")
         self.seq_mask_emb = nn.Parameter(torch.randn(d_model) * 0.02)
         self.read_mask_emb = nn.Parameter(torch.randn(d_model) * 0.02)
@@ -161,7 +171,8 @@ class MaskedEncoder(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.read_head = TokenHead(d_model, 2, patch)
         self.seq_head = TokenHead(d_model, 4, patch)
-        self.count_head = PooledHead(d_model, 1, norm=count_norm)
+        self.count_pool = count_pool
+        self.count_head = PooledHead(d_model, 1, norm=count_norm, tokens=self.output_tokens() if count_pool == "output" else None)
         self.cell_head = PooledHead(d_model, n_cell_types)
 
     @classmethod
@@ -171,7 +182,7 @@ class MaskedEncoder(nn.Module):
             n_cell_types, input_len, output_len, d_model=model_cfg.d_model, depth=model_cfg.depth,
             heads=model_cfg.heads, mlp_ratio=model_cfg.mlp_ratio, dropout=model_cfg.dropout,
             patch=model_cfg.patch, seq_kernels=tuple(model_cfg.seq_kernels), read_norm=model_cfg.read_norm,
-            count_norm=model_cfg.count_norm,
+            count_norm=model_cfg.count_norm, seq_dilated=model_cfg.seq_dilated, count_pool=model_cfg.count_pool,
         )
 
     # -- naming ---------------------------------------------------------------------------------
@@ -187,6 +198,11 @@ class MaskedEncoder(nn.Module):
     @property
     def n_tokens(self) -> int:
         return self.input_len // self.patch
+
+    def output_tokens(self) -> tuple[int, int]:
+        """Tokens ``[t0, t1)`` that overlap the central ``output_len`` window."""
+        start = (self.input_len - self.output_len) // 2
+        return start // self.patch, -(-(start + self.output_len) // self.patch)
 
     # -- inputs ---------------------------------------------------------------------------------
     def normalise_reads(self, reads: torch.Tensor, read_mask: torch.Tensor) -> torch.Tensor:
@@ -235,7 +251,10 @@ class MaskedEncoder(nn.Module):
         sm = seq_mask.unsqueeze(1).to(seq.dtype)
         rm = read_mask.unsqueeze(1).to(seq.dtype)
         s = seq * (1 - sm)
-        x = sum(F.gelu(conv(s)) for conv in self.seq_convs) + sm * self.seq_mask_emb[:, None]
+        x = sum(F.gelu(conv(s)) for conv in self.seq_convs)
+        for conv in self.seq_dilated:
+            x = x + F.gelu(conv(x))
+        x = x + sm * self.seq_mask_emb[:, None]
         x = x + self.read_conv(self.normalise_reads(reads, read_mask)) + rm * self.read_mask_emb[:, None]
         t = length // self.patch
         x = x.view(n, self.d_model, t, self.patch).permute(0, 2, 3, 1).reshape(n, t, self.patch * self.d_model)

@@ -47,16 +47,18 @@ class PooledHead(nn.Module):
 
     ``norm`` is the CNN's ``count_norm`` (see :mod:`seq2reads.models.bpnet`): token averages vary
     little between windows next to their common level, which slows a linear head on them. A
-    training batch of one example uses the running statistics.
+    training batch of one example uses the running statistics. ``tokens = (t0, t1)`` averages only
+    tokens ``[t0, t1)`` (default: all).
     """
 
-    def __init__(self, d_model: int, out: int, norm: bool = False) -> None:
+    def __init__(self, d_model: int, out: int, norm: bool = False, tokens: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.norm = nn.BatchNorm1d(d_model) if norm else None
         self.linear = nn.Linear(d_model, out)
+        self.tokens = tokens
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        x = h.mean(1)
+        x = (h if self.tokens is None else h[:, self.tokens[0] : self.tokens[1]]).mean(1)
         return self.linear(pooled_batch_norm(x, self.norm) if self.norm is not None else x)
 
 

@@ -139,6 +139,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     saved = dict(meta["model"]) if isinstance(meta.get("model"), dict) else meta.get("model")
     if isinstance(saved, dict):
         saved.setdefault("count_norm", False)  # model files written before count_norm existed
+        if saved.get("type") == "encoder":
+            # encoder files written before the dilated sequence stem and output-window count pooling
+            saved.setdefault("seq_dilated", 0)
+            saved.setdefault("count_pool", "window")
     try:
         model_cfg = TypeAdapter(ModelConfig).validate_python(saved)
     except ValidationError:
