@@ -237,7 +237,8 @@ def accuracy(args) -> dict:
     curve = cfg.run_path / "logs" / "metrics.csv"
     curve_note = {}
     if curve.exists():
-        shutil.copyfile(curve, RESULTS / "encoder_loss_curve.csv")
+        if not args.no_write:  # --no-write leaves every file under benchmarks/results/ as it is
+            shutil.copyfile(curve, RESULTS / "encoder_loss_curve.csv")
         curve_note = _two_phase_note(curve)
 
     cnn = None
