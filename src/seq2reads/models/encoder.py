@@ -7,10 +7,12 @@ Inputs are summed into one residual stream of width ``D = d_model``:
 - **sequence** ``(N, 4, L)`` one-hot: one ``Conv1d(4, D, k, padding="same")`` per kernel width in
   ``seq_kernels``, each followed by GELU, summed (the nonlinearity keeps the widths from collapsing
   into one linear filter). Masked positions are zeroed *before* the convolutions, so no output
-  ever sees a masked base, and a learned mask vector is added there. Optionally (``seq_dilated =
-  K > 0``) ``K`` residual blocks ``x + GELU(Conv1d(D, D, 3, dilation=2**i, padding="same")(x))``,
-  ``i = 1..K``, widen what each position sees of the sequence (as BPNet's trunk does) before the
-  reads are added and the stream is patched.
+  ever sees a masked base, and a learned mask vector is added there. Then ``K = seq_dilated``
+  (default 6; 0 = none) residual blocks ``x + GELU(Conv1d(D, D, 3, dilation=2**i, padding="same")(x))``,
+  ``i = 1..K``, widen what each position sees of the sequence (as BPNet's trunk does; receptive
+  field +2 * (2 + 4 + ... + 2**K) bp) before the reads are added and the stream is patched. Without
+  them the transformer has to assemble base-resolution sequence context from patch tokens, and
+  the S2R profile barely beat the average profile (``benchmarks/encoder.py``: r 0.31 vs 0.80).
 - **reads** ``(N, 2, L)`` per-base counts (plus, minus), normalised (``read_norm``):
   ``log1p`` — ``log(1 + count)`` per position (default; no information crosses positions), or
   ``sum`` — counts divided by the window's total over *unmasked* positions of both strands, times
@@ -29,7 +31,8 @@ Then ``depth`` pre-norm transformer blocks (multi-head self-attention with rotar
 embeddings through ``F.scaled_dot_product_attention``; GELU MLP of width ``mlp_ratio * D``), a final
 LayerNorm and the heads (:mod:`seq2reads.models.heads`): read profile logits ``(N, 2, L)`` and
 sequence logits ``(N, 4, L)`` un-patched to base resolution, ``log(1 + total count)`` of the central
-output window and cell-type logits from the mean over tokens.
+output window from the mean over the tokens that cover it (``count_pool: output``; ``window``: all
+tokens) and cell-type logits from the mean over all tokens.
 
 Modes
 -----
