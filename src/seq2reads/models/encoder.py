@@ -174,8 +174,8 @@ class MaskedEncoder(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.read_head = TokenHead(d_model, 2, patch)
         self.seq_head = TokenHead(d_model, 4, patch)
-        self.count_pool = count_pool
-        self.count_head = PooledHead(d_model, 1, norm=count_norm, tokens=self.output_tokens() if count_pool == "output" else None)
+        self.count_head = PooledHead(d_model, 1, norm=count_norm,
+                                     tokens=self.output_tokens() if count_pool == "output" else None)
         self.cell_head = PooledHead(d_model, n_cell_types)
 
     @classmethod

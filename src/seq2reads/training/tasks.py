@@ -67,7 +67,7 @@ class ProfileCountTask(L.LightningModule):
         else:
             weights = [1.0] * C
         self.count_weights = weights
-        self.share_weight = float(getattr(cfg.model, "cell_share_weight", 0.0)) if C > 1 else 0.0
+        self.share_weight = float(cfg.model.cell_share_weight) if C > 1 else 0.0
         self.register_buffer("count_weight", torch.tensor(weights, dtype=torch.float32), persistent=False)
         if stats:
             self._init_count_bias(stats, samples)
