@@ -125,36 +125,45 @@ def test_bam_reproduces_bigwig_counts(sim_dir, truth):
     assert from_bam == from_bw
 
 
-def test_planted_instances_are_in_the_genome_and_score_high(sim_dir, truth):
-    import pyfaidx
+COMP = str.maketrans("ACGT", "TGCA")
+
+
+@pytest.fixture(scope="module")
+def pwms(truth):
+    """JASPAR ID -> log-odds (bits) (4, L), built from pyjaspar independently of the simulator."""
     from pyjaspar import jaspardb
 
-    fa = pyfaidx.Fasta(str(sim_dir / "genome.fa"))
     db = jaspardb(release="JASPAR2024")
     bg = np.array([0.295, 0.205, 0.205, 0.295])
-    idx = {b: i for i, b in enumerate("ACGT")}
-    comp = str.maketrans("ACGT", "TGCA")
-    pwms = {}
+    out = {}
     for m in truth["motifs"]:
         jm = db.fetch_motif_by_id(m["jaspar_id"])
         c = np.array([jm.counts[b] for b in "ACGT"], dtype=float)
         p = 0.99 * c / c.sum(0) + 0.0025
-        pwms[m["jaspar_id"]] = np.log2(p / bg[:, None])
+        out[m["jaspar_id"]] = np.log2(p / bg[:, None])
+    return out
 
-    def rel_score(pwm, s):
-        sc = sum(pwm[idx[b], j] for j, b in enumerate(s))
-        lo, hi = pwm.min(0).sum(), pwm.max(0).sum()
-        return (sc - lo) / (hi - lo)
 
+def rel_score(pwm, site: str) -> float:
+    sc = sum(pwm["ACGT".index(b), j] for j, b in enumerate(site))
+    lo, hi = pwm.min(0).sum(), pwm.max(0).sum()
+    return (sc - lo) / (hi - lo)
+
+
+def test_planted_instances_are_in_the_genome_and_score_high(sim_dir, truth, pwms):
+    import pyfaidx
+
+    fa = pyfaidx.Fasta(str(sim_dir / "genome.fa"))
     by_motif = Counter()
     for inst in truth["instances"]:
         genomic = str(fa[inst["chrom"]][inst["start"]:inst["end"]]).upper()
-        site = genomic if inst["strand"] == "+" else genomic.translate(comp)[::-1]
+        site = genomic if inst["strand"] == "+" else genomic.translate(COMP)[::-1]
         assert site == inst["sequence"]
         assert rel_score(pwms[inst["motif_id"]], site) >= 0.8
         by_motif[inst["motif"]] += 1
     # every TF is planted; random genome positions rarely reach the planted score
     assert set(by_motif) == {m["name"] for m in truth["motifs"]}
+    assert by_motif == Counter({m["name"]: m["n_instances"] for m in truth["motifs"]})
     assert by_motif["TBP"] == 2 * len(truth["regions"])
     rng = np.random.default_rng(0)
     chrom = "chr2"
@@ -174,6 +183,36 @@ def test_planted_instances_are_in_the_genome_and_score_high(sim_dir, truth):
     specific = {m["name"] for m in truth["motifs"] if m["role"] == "specific"}
     none = [r for r in truth["regions"] if not any(r["motif_counts"][n] for n in specific)]
     assert len(none) > 0.2 * len(truth["regions"])
+
+
+def test_every_strong_match_in_the_motif_zone_is_a_site(sim_dir, truth, pwms):
+    """The rates are a function of the sequence: chance matches in the zone count like planted sites."""
+    import pyfaidx
+
+    fa = pyfaidx.Fasta(str(sim_dir / "genome.fa"))
+    inst = {}
+    for i in truth["instances"]:
+        inst.setdefault((i["region"], i["motif"]), []).append(i)
+    n_chance = Counter()
+    for reg in truth["regions"][:60]:
+        c = reg["centre"]
+        zone = str(fa[reg["chrom"]][c - 90:c + 90]).upper()
+        for m in truth["motifs"]:
+            if m["role"] == "core":
+                continue
+            pwm, sites = pwms[m["jaspar_id"]], inst.get((reg["name"], m["name"]), [])
+            L = pwm.shape[1]
+            assert reg["motif_counts"][m["name"]] == len(sites)
+            # recorded sites of one TF never overlap each other
+            spans = sorted((i["start"], i["end"]) for i in sites)
+            assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+            n_chance[m["name"]] += sum(not i["planted"] for i in sites)
+            for p in range(len(zone) - L + 1):
+                site = zone[p:p + L]
+                if max(rel_score(pwm, site), rel_score(pwm, site.translate(COMP)[::-1])) >= 0.8:
+                    g = c - 90 + p
+                    assert any(i["start"] < g + L and g < i["end"] for i in sites), (reg["name"], m["name"], g)
+    assert sum(n_chance.values()) > 0  # the background does form sites by chance
 
 
 def test_divergent_initiation_and_sequence_driven_tss(sim_dir, truth):

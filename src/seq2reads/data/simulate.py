@@ -33,7 +33,12 @@ Transcription factors
     An instance is a sequence sampled from the motif's position frequency matrix, kept only when
     its relative log-odds score is >= 0.8 (functional sites are strong), inserted on a random
     strand at a random position within ±90 bp of the centre (between / around the TSS pair),
-    never overlapping another planted element.
+    never overlapping another planted element. The background also forms strong matches by chance:
+    every match in that motif zone with relative score >= 0.8 (either strand, not overlapping a
+    planted site of the same TF; of overlapping matches the best) counts as a site too, recorded
+    with ``planted: false``, so the rates below are a function of the sequence a model sees (for
+    low-information motifs such as YY1 these are about half of the zone's sites). Matches outside
+    the zone have no effect.
 Rates
     The expected count profile of a region over its 2 kb span ``[c - 1000, c + 1000)`` is, per
     strand, 60% a sharp TSS peak (discrete Laplace, scale 1 bp), 25% a promoter-proximal pause
@@ -41,6 +46,7 @@ Rates
     clipped to 30..60 (not sequence-driven), and 15% gene-body elongation (exponential decay,
     200 bp, up to 600 bp past the pause). Its total (both strands, without background) is
     ``base_total * depth[cell] * exp(sum_m effect_m * n_rm * active_m[cell] + e_r + e_rc)``
+    (``n_rm``: sites of TF ``m`` in region ``r``'s motif zone, planted or by chance)
     with per-instance log effects (shared +0.45..+0.6, specific +1.2 in their own cell type and 0
     elsewhere, REST -0.8), a per-region random log scale ``e_r ~ N(0, 0.3)`` shared by cell types
     and ``e_rc ~ N(0, 0.1)``. A genome-wide background rate (0.002 reads per base and strand,
@@ -53,7 +59,7 @@ Counts
     bits before drawing (so the stored truth is exactly what the counts were drawn from). A
     second, independent draw per cell type is written as a replicate. With the defaults and
     3000 regions each TF has ~450 (REST) to ~1000 planted instances, and ~40% of regions carry
-    no cell-type-specific motif.
+    no planted cell-type-specific motif.
 
 Outputs (in ``out``, written atomically)
 ----------------------------------------
@@ -73,7 +79,7 @@ specific | repressor | core), tf_class, tf_family, cell_types (where active), ef
 instance), acts_on, consensus, n_instances, region_prob}], ``regions`` [{name, chrom, centre,
 tss {plus, minus}, pause {plus, minus}, pause_offset, strand_share, motif_counts {motif: n},
 expected_total {cell: reads over the span, no background}}], ``instances`` [{region, motif,
-motif_id, role, chrom, start, end, strand, sequence (5'->3' on its strand), score (bits)}],
+motif_id, role, chrom, start, end, strand, sequence (5'->3' on its strand), score (bits), planted}],
 ``rates`` {cell: {plus, minus}} (true-rate bigWigs), ``tracks`` and ``replicates`` {cell: {plus,
 minus}}, ``negative_minus`` (the cell type whose minus bigWig is negative), ``bam`` {cell, path}.
 """
@@ -93,7 +99,7 @@ from seq2reads.atomic import atomic_path
 from seq2reads.errors import UserError
 
 FORMAT = "seq2reads-simulation"
-VERSION = 1
+VERSION = 2  # 2: chance matches in the motif zone are sites too (instances carry ``planted``)
 JASPAR_RELEASE = "JASPAR2024"
 
 #: Chromosomes and the share of regions each gets (train chr2/4/5/7 ≈ 60%, test ≈ 22%, valid ≈ 18%).
@@ -160,6 +166,8 @@ def load_truth(path: str | os.PathLike) -> dict:
         raise UserError(f"{path} is not valid JSON: give the truth.json written by `seq2reads simulate`.") from None
     if truth.get("format") != FORMAT:
         raise UserError(f"{path} is not a seq2reads simulation truth file (format {truth.get('format')!r}).")
+    for inst in truth.get("instances", ()):
+        inst.setdefault("planted", True)  # version 1 recorded planted sites only
     for cell, d in truth["rates"].items():
         for s in ("plus", "minus"):
             d[s] = str((path.parent / d[s]).resolve())
@@ -497,6 +505,10 @@ def _plant(genome: dict[str, np.ndarray], layout: dict, motifs: list[dict], rng:
                     instances.append(_instance(m, chrom, s, s + L, strand, codes, score))
                     placed += 1
                 counts[m["name"]] = placed
+            for m in tfs:
+                chance = _chance_sites(m, seq, chrom, c, [i for i in instances if i["motif"] == m["name"]])
+                instances += chance
+                counts[m["name"]] += len(chance)
             pause = np.clip(np.round(rng.normal(opts.pause_mean, opts.pause_sd, 2)), 30, 60).astype(int)
             strand_w = np.exp(opts.tata_weight * (np.array([ts, ms]) - 9.0) + rng.normal(0, opts.strand_sd, 2))
             regions.append({
@@ -511,10 +523,48 @@ def _plant(genome: dict[str, np.ndarray], layout: dict, motifs: list[dict], rng:
     return regions
 
 
-def _instance(m: dict, chrom: str, start: int, end: int, strand: str, codes: np.ndarray, score: float) -> dict:
+def _instance(m: dict, chrom: str, start: int, end: int, strand: str, codes: np.ndarray, score: float,
+              planted: bool = True) -> dict:
     seq = "".join(BASES[b] for b in codes)  # the site read 5'->3' on its strand
     return {"motif": m["name"], "motif_id": m["jaspar_id"], "role": m["role"], "chrom": chrom, "start": int(start),
-            "end": int(end), "strand": strand, "sequence": seq, "score": round(score, 3)}
+            "end": int(end), "strand": strand, "sequence": seq, "score": round(score, 3), "planted": planted}
+
+
+def _chance_sites(m: dict, seq: np.ndarray, chrom: str, c: int, planted: list[dict]) -> list[dict]:
+    """Sites of TF ``m`` that the background sequence (or other planted elements) form by chance in
+    the motif zone ``[c - MOTIF_ZONE, c + MOTIF_ZONE)``: relative score >= :data:`MIN_REL_SCORE` on
+    either strand, not overlapping a planted site of ``m``; overlapping matches keep the best one.
+
+    They act like planted sites (the rate is a function of the sequence a model sees); without them
+    a third to half of the zone's strong matches would be inert, and no sequence model could reach
+    the true rates. Returned as instances with ``planted: False``.
+    """
+    pwm = _pwm(m["pfm"])
+    L = pwm.shape[1]
+    lo, hi = pwm.min(0).sum(), pwm.max(0).sum()
+    z0 = c - MOTIF_ZONE
+    zone = seq[z0:c + MOTIF_ZONE]
+    if (zone > 3).any() or len(zone) < L:  # pragma: no cover - zones never hold N
+        return []
+    win = np.lib.stride_tricks.sliding_window_view(zone, L)  # (P, L): site starting at z0 + p
+    cols = np.arange(L)
+    fwd = pwm[win, cols].sum(1)
+    rev = pwm[::-1, ::-1][win, cols].sum(1)  # the reverse complement's score (rows A C G T reversed = complement)
+    score = np.maximum(fwd, rev)
+    taken = np.zeros(len(zone) + L, bool)
+    for i in planted:
+        taken[max(i["start"] - z0 - L + 1, 0):i["end"] - z0] = True  # a site starting here would overlap it
+    out = []
+    for p in np.argsort(-score, kind="stable"):
+        if (score[p] - lo) / (hi - lo) < MIN_REL_SCORE:
+            break
+        if taken[p]:
+            continue
+        taken[max(p - L + 1, 0):p + L] = True
+        strand = "+" if fwd[p] >= rev[p] else "-"
+        codes = win[p] if strand == "+" else _revcomp(win[p])
+        out.append(_instance(m, chrom, z0 + p, z0 + p + L, strand, codes, float(score[p]), planted=False))
+    return out
 
 
 # -- rates --------------------------------------------------------------------------------------
