@@ -198,6 +198,7 @@ def main(argv=None) -> dict:
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": _machine(),
         "data": {"simulated_regions": args.regions, "seed": args.seed, "cell_types": list(store.samples),
+                 "simulator_version": json.loads((sim / "truth.json").read_text()).get("version"),
                  "window": [store.input_len, store.output_len], "test_peaks": ours["info"]["n_windows"]["peaks"]},
         "epochs": args.epochs,
         "overrides": args.set,

@@ -267,6 +267,7 @@ def accuracy(args) -> dict:
     line = {
         "benchmark": "encoder_accuracy", "date": _now(), "machine": _machine(),
         "data": {"simulated_regions": args.regions, "seed": args.seed, "cell_types": res["info"]["cell_types"],
+                 "simulator_version": json.loads((work / "sim" / "truth.json").read_text()).get("version"),
                  "window": [cfg.window.input, cfg.window.output], "test_peaks": res["info"]["n_windows"]["peaks"]},
         "model": cfg.model.model_dump(mode="json"), "epochs": args.epochs, "batch_size": args.batch_size,
         "train_seconds": round(seconds, 1),

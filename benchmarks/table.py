@@ -45,6 +45,8 @@ HEADLINES = {
                        "n_activating"],
     "sae_scale": ["n_vectors", "d", "peak_rss_gb", "pass", "store_vectors_per_s", "train_vectors_per_s",
                   "eval_vectors_per_s", "torch_threads", "load_average_1min"],
+    "count_oracle": ["mean.sites", "mean.scan_zone", "mean.scan_150", "mean.scan_256", "simulator_version",
+                     "output_len"],
     "sae_targets": ["fvu", "dead_fraction", "mean_l0", "checks.every_specific_tf", "pass", "n_enriched",
                     "model.d_model", "model.depth", "layer"],
 }
@@ -53,6 +55,7 @@ TARGETS = {
     "attribution": ">= 1x tangermeme, r >= 0.99",
     "motif_recovery": ">= 90% of planted motifs; specific motifs in their cell type; marginalisation direction",
     "sae_scale": "peak memory <= 4 GB at 1e7 vectors",
+    "count_oracle": "– (diagnostic: the test count Pearson the sequence allows)",
     "sae_targets": "FVU <= 0.2 at K = 16, 256 latents; dead <= 10%; a latent per specific TF",
 }
 

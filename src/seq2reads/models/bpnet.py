@@ -16,8 +16,8 @@ to window next to their common level, and the trunk's shared parameters are driv
 larger profile gradients, so without it the count head learns slowly. Simulated data with
 10,000 regions (1,000 steps, our loss): test count Pearson 0.44 with it against 0.30 without
 (max+mean pooling: 0.37; a 10x count-head learning rate: 0.34); ``benchmarks/accuracy.py`` on the
-default 3,000 regions, 30 epochs: 0.438 against 0.313. In eval mode it is a fixed affine map
-(running statistics), so attributions and ``tangermeme`` see a plain linear layer.
+default 3,000 regions (simulator version 1), 30 epochs: 0.438 against 0.313. In eval mode it is a
+fixed affine map (running statistics), so attributions and ``tangermeme`` see a plain linear layer.
 
 Speed: every convolution is *valid* (no padding), so each layer computes only the span that the
 output still needs (its output length plus the receptive field of the layers after it), and an

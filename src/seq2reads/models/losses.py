@@ -112,7 +112,7 @@ def cell_share_nll(log_counts: torch.Tensor, counts: torch.Tensor, mask: torch.T
     however many reads it has and mostly teaches the level that all cell types share; this term,
     like the profile NLL, grows with the reads and only sees the differences between cell types,
     which is where cell-type-specific regulators show. bpnet-lite gets a similar signal from its
-    one softmax over every cell type's tracks. Measured (default simulated data): it sharpens the
+    one softmax over every cell type's tracks. Measured (simulator version 1 data): it sharpens the
     cell-type-specific count responses but lowered test count Pearson at 30 epochs (0.44 -> 0.37),
     so ``model.cell_share_weight`` defaults to 0 (off).
 

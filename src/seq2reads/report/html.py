@@ -486,7 +486,8 @@ def section_motifs(cfg: Config, run: Path) -> str:
         parts.append("<h3>Planted motifs (simulated data)</h3>"
                      "<p class=\"note\">Which planted JASPAR matrices come back as a pattern's best match, and in "
                      "which cell types' attributions.</p>"
-                     + table(rows, ["TF", "JASPAR", "role", "active in", "instances", "best match in", "patterns matching"]))
+                     + table(rows, ["TF", "JASPAR", "role", "active in", "sites (planted + chance)", "best match in",
+                                   "patterns matching"]))
     return "".join(parts)
 
 
