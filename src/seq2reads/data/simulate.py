@@ -36,9 +36,9 @@ Transcription factors
     never overlapping another planted element. The background also forms strong matches by chance:
     every match in that motif zone with relative score >= 0.8 (either strand, not overlapping a
     planted site of the same TF; of overlapping matches the best) counts as a site too, recorded
-    with ``planted: false``, so the rates below are a function of the sequence a model sees (for
-    low-information motifs such as YY1 these are about half of the zone's sites). Matches outside
-    the zone have no effect.
+    with ``planted: false``, so the rates below are a function of the sequence a model sees (with
+    the defaults 4% (NRF1) to 70% (YY1) of a TF's sites; REST almost none). Matches outside the
+    zone have no effect.
 Rates
     The expected count profile of a region over its 2 kb span ``[c - 1000, c + 1000)`` is, per
     strand, 60% a sharp TSS peak (discrete Laplace, scale 1 bp), 25% a promoter-proximal pause
@@ -536,8 +536,8 @@ def _chance_sites(m: dict, seq: np.ndarray, chrom: str, c: int, planted: list[di
     either strand, not overlapping a planted site of ``m``; overlapping matches keep the best one.
 
     They act like planted sites (the rate is a function of the sequence a model sees); without them
-    a third to half of the zone's strong matches would be inert, and no sequence model could reach
-    the true rates. Returned as instances with ``planted: False``.
+    up to 70% of a TF's strong matches in the zone would be inert, and no sequence model could
+    reach the true rates. Returned as instances with ``planted: False``.
     """
     pwm = _pwm(m["pfm"])
     L = pwm.shape[1]
