@@ -39,16 +39,12 @@ sys.path.insert(0, str(ROOT / "src"))
 
 
 def scan_counts(codes: np.ndarray, pwm: np.ndarray, threshold: float) -> int:
-    """Number of start positions in ``codes`` (uint8, A C G T N = 0..4) where ``pwm`` (4, L) or its
-    reverse complement scores >= ``threshold`` (bits); positions touching N never match."""
-    L = pwm.shape[1]
-    if len(codes) < L:
-        return 0
-    pad = np.vstack([pwm, np.full((1, L), -1e9)])
-    rc = np.vstack([pwm[::-1, ::-1], np.full((1, L), -1e9)])
-    win = np.lib.stride_tricks.sliding_window_view(codes, L)
-    cols = np.arange(L)
-    return int(((pad[win, cols].sum(1) >= threshold) | (rc[win, cols].sum(1) >= threshold)).sum())
+    """Number of start positions in ``codes`` where ``pwm`` or its reverse complement scores >=
+    ``threshold`` (bits); sites touching N never match."""
+    from seq2reads.data.simulate import pwm_scores
+
+    fwd, rev = pwm_scores(codes, pwm)
+    return int(((fwd >= threshold) | (rev >= threshold)).sum())
 
 
 def fit_r(X: np.ndarray, Y: np.ndarray, train: np.ndarray, test: np.ndarray) -> list[float]:

@@ -126,7 +126,7 @@ class EncoderModel(Section):
     seq_kernels: list[int] = Field(default_factory=lambda: [1, 9, 25])
     seq_dilated: int = Field(6, ge=0, description="dilated residual convolutions (dilation 2, 4, ...) on the "
                              "sequence embedding at base resolution, before patching; 0: none (measured: S2R "
-                             "profile r 0.31 -> 0.80 with 6, benchmarks/encoder.py)")
+                             "profile r 0.31 -> 0.80 with 6, benchmarks/encoder.py, simulator-v1 data)")
     mask_min: float = Field(0.15, gt=0, lt=1)
     mask_max: float = Field(0.40, gt=0, lt=1)
     span: int = Field(16, gt=0, description="mean length of a masked span, in positions")

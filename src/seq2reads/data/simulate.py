@@ -322,6 +322,21 @@ def _pwm(pfm: np.ndarray) -> np.ndarray:
     return np.log2(pfm / BG_FREQ[:, None])
 
 
+def pwm_scores(codes: np.ndarray, pwm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Log-odds (bits) of ``pwm`` (4, L) and of its reverse complement at every site start in
+    ``codes`` (uint8, A C G T N = 0..4): two float arrays of ``len(codes) - L + 1`` (empty when
+    shorter); a site touching N scores ``-inf``."""
+    L = pwm.shape[1]
+    if len(codes) < L:
+        return np.zeros(0), np.zeros(0)
+    n_row = np.full((1, L), -np.inf)
+    win = np.lib.stride_tricks.sliding_window_view(codes, L)
+    cols = np.arange(L)
+    # reversing both axes complements the rows (A C G T -> T G C A) and reverses the positions
+    return (np.vstack([pwm, n_row])[win, cols].sum(1),
+            np.vstack([pwm[::-1, ::-1], n_row])[win, cols].sum(1))
+
+
 def _sample_sites(pfm: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """``n`` sites sampled from a PFM with relative score >= :data:`MIN_REL_SCORE`.
 
@@ -544,12 +559,7 @@ def _chance_sites(m: dict, seq: np.ndarray, chrom: str, c: int, planted: list[di
     lo, hi = pwm.min(0).sum(), pwm.max(0).sum()
     z0 = c - MOTIF_ZONE
     zone = seq[z0:c + MOTIF_ZONE]
-    if (zone > 3).any() or len(zone) < L:  # pragma: no cover - zones never hold N
-        return []
-    win = np.lib.stride_tricks.sliding_window_view(zone, L)  # (P, L): site starting at z0 + p
-    cols = np.arange(L)
-    fwd = pwm[win, cols].sum(1)
-    rev = pwm[::-1, ::-1][win, cols].sum(1)  # the reverse complement's score (rows A C G T reversed = complement)
+    fwd, rev = pwm_scores(zone, pwm)  # site p starts at z0 + p
     score = np.maximum(fwd, rev)
     taken = np.zeros(len(zone) + L, bool)
     for i in planted:
@@ -562,7 +572,7 @@ def _chance_sites(m: dict, seq: np.ndarray, chrom: str, c: int, planted: list[di
             continue
         taken[max(p - L + 1, 0):p + L] = True
         strand = "+" if fwd[p] >= rev[p] else "-"
-        codes = win[p] if strand == "+" else _revcomp(win[p])
+        codes = zone[p:p + L] if strand == "+" else _revcomp(zone[p:p + L])
         out.append(_instance(m, chrom, z0 + p, z0 + p + L, strand, codes, float(score[p]), planted=False))
     return out
 

@@ -12,7 +12,8 @@ Inputs are summed into one residual stream of width ``D = d_model``:
   ``i = 1..K``, widen what each position sees of the sequence (as BPNet's trunk does; receptive
   field +2 * (2 + 4 + ... + 2**K) bp) before the reads are added and the stream is patched. Without
   them the transformer has to assemble base-resolution sequence context from patch tokens, and
-  the S2R profile barely beat the average profile (``benchmarks/encoder.py``: r 0.31 vs 0.80).
+  the S2R profile barely beat the average profile (``benchmarks/encoder.py``, simulator-v1 data:
+  r 0.31 vs 0.80).
 - **reads** ``(N, 2, L)`` per-base counts (plus, minus), normalised (``read_norm``):
   ``log1p`` — ``log(1 + count)`` per position (default; no information crosses positions), or
   ``sum`` — counts divided by the window's total over *unmasked* positions of both strands, times
