@@ -109,6 +109,10 @@ class BPNetModel(Section):
     dilated_kernel: int = Field(3, gt=0)
     profile_kernel: int = Field(75, gt=0)
     count_norm: bool = Field(True, description="batch-normalise the pooled features of the count head")
+    count_scales: int = Field(5, ge=1, le=12, description="windows the count head averages features over: the "
+                              "output window, then its centred half, quarter, ... (1: the output window only, as BPNet)")
+    count_stem: int = Field(64, ge=0, description="filters of the count head's own convolution of the sequence "
+                            "(width conv_kernel; 0: none, the count head reads the shared trunk only, as BPNet)")
     cell_share_weight: float = Field(0.0, ge=0, description="weight of the cell-type split NLL (see losses); 0: off")
     count_weight: float | None = Field(None, ge=0, description="None: set from the data (see losses)")
 
@@ -144,6 +148,10 @@ class EncoderModel(Section):
     count_pool: Literal["window", "output"] = Field(
         "output", description="tokens the count head averages: those over the output window (whose reads it "
         "predicts) or the whole input window")
+    count_scales: int = Field(1, ge=1, le=12, description="token windows the count head averages: all its tokens, "
+                              "then their centred half, quarter, ... (1: all of them)")
+    count_stem: int = Field(0, ge=0, description="filters of the count's own convolution of the sequence, pooled "
+                            "like the tokens, one linear term per cell type added to the log count (0: none)")
 
     @model_validator(mode="after")
     def _mask_bounds(self):

@@ -291,6 +291,41 @@ def test_count_head_norm_uses_batch_statistics_only_in_training():
     assert m.count_head.norm is None
 
 
+def test_count_scales_and_count_stem():
+    """count_scales: the count head also averages the centred half, quarter, ... of its tokens;
+    count_stem: a per-cell-type term from the sequence, taken at the given cell type (a float
+    one-hot mixes them), absent where the cell type is masked."""
+    from seq2reads.models.heads import PooledHead
+
+    h = torch.randn(3, 16, 4)
+    head = PooledHead(4, 1, tokens=(0, 16), scales=3)
+    want = torch.cat([h.mean(1), h[:, 4:12].mean(1), h[:, 6:10].mean(1)], dim=1)
+    torch.testing.assert_close(head(h), head.linear(want))
+    with pytest.raises(UserError, match="count_scales <= 4"):
+        tiny(8, 256, 100, count_scales=5)  # 14 output tokens: 14, 7, 3, 1, then none
+    m = tiny(8, 256, 96, count_scales=2, count_stem=5)
+    x = one_hot(2, 256)
+    with torch.no_grad():
+        per_cell = m.count_stem_head(torch.cat([
+            m.count_relu(m.count_conv(x[..., 70:186])).mean(-1),
+            m.count_relu(m.count_conv(x[..., 94:162])).mean(-1)], dim=1))  # 96 and the central 48 outputs
+        no_stem = m.encode(x, None, None)["log_count"]  # cell type absent: no stem term
+        for c in range(3):
+            got = m.encode(x, None, c)["log_count"]
+            cell_only = m.encode(x, None, c, cell_mask=torch.ones(2, dtype=torch.bool))["log_count"]
+            torch.testing.assert_close(cell_only, no_stem)
+            m.count_stem = 0
+            without = m.encode(x, None, c)["log_count"]
+            m.count_stem = 5
+            torch.testing.assert_close(got - without, per_cell[:, c])
+        mix = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+        m.count_stem = 0
+        without = m.encode(x, None, mix)["log_count"]
+        m.count_stem = 5
+        torch.testing.assert_close(m.encode(x, None, mix)["log_count"] - without,
+                                   (per_cell * mix).sum(-1))
+
+
 def test_count_pool_output_averages_the_output_window_tokens():
     from seq2reads.models.heads import PooledHead
 

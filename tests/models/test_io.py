@@ -132,6 +132,24 @@ def test_model_files_from_before_count_norm_load(tmp_path):
         torch.testing.assert_close(m.eval()(x)[1], loaded(x)[1])
 
 
+def test_cnn_files_from_before_the_count_stem_load(tmp_path):
+    """A CNN model.json written before ``count_stem`` / ``count_scales`` existed describes BPNet's
+    head (the output-window mean of the trunk), which is what its weights hold."""
+    cfg = _cfg(tmp_path)
+    cfg.model.count_stem, cfg.model.count_scales = 0, 1
+    torch.manual_seed(0)
+    m = build_model(cfg.model, 2, 200, 100)
+    out = save_model(m, cfg, cfg.run_path / "model")
+    meta = json.loads((out / "model.json").read_text())
+    del meta["model"]["count_stem"], meta["model"]["count_scales"]
+    (out / "model.json").write_text(json.dumps(meta))
+    loaded = load_model(out)
+    assert loaded.count_stem == 0 and loaded.count_scales == 1
+    x = torch.rand(2, 4, 200)
+    with torch.no_grad():
+        torch.testing.assert_close(m.eval()(x)[1], loaded(x)[1])
+
+
 def test_encoder_files_from_before_the_sequence_stem_load(tmp_path):
     """An encoder model.json written before ``seq_dilated``/``count_pool`` existed describes the
     encoder of that time (no dilated stem, count pooled over the whole window), which loads and

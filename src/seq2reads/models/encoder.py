@@ -61,9 +61,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from seq2reads.errors import UserError
-from seq2reads.models.heads import PooledHead, TokenHead
+from seq2reads.models.heads import PooledHead, TokenHead, nested_means
 
 READ_KERNEL = 9
+COUNT_STEM_KERNEL = 21  # width of the count stem's convolution (as the CNN's conv0)
 Intervention = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -141,6 +142,8 @@ class MaskedEncoder(nn.Module):
         count_norm: bool = False,
         seq_dilated: int = 6,
         count_pool: str = "output",
+        count_scales: int = 1,
+        count_stem: int = 0,
     ) -> None:
         super().__init__()
         if input_len % patch:
@@ -175,8 +178,19 @@ class MaskedEncoder(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.read_head = TokenHead(d_model, 2, patch)
         self.seq_head = TokenHead(d_model, 4, patch)
+        t0, t1 = self.output_tokens() if count_pool == "output" else (0, self.n_tokens)
+        if count_scales < 1 or (t1 - t0) >> (count_scales - 1) < 1:
+            raise UserError(f"model.count_scales={count_scales} halves the {t1 - t0} count tokens below one: "
+                            f"set model.count_scales <= {(t1 - t0).bit_length()}.")
         self.count_head = PooledHead(d_model, 1, norm=count_norm,
-                                     tokens=self.output_tokens() if count_pool == "output" else None)
+                                     tokens=(t0, t1) if count_pool == "output" else None, scales=count_scales)
+        self.count_stem = int(count_stem)
+        if self.count_stem:
+            # the count's own motif scanner, one term per cell type (see the module docstring)
+            self.count_conv = nn.Conv1d(4, self.count_stem, COUNT_STEM_KERNEL)
+            self.count_relu = nn.ReLU()
+            self.count_stem_head = nn.Linear(self.count_stem * count_scales, n_cell_types)
+        self.count_scales = int(count_scales)
         self.cell_head = PooledHead(d_model, n_cell_types)
 
     @classmethod
@@ -187,6 +201,7 @@ class MaskedEncoder(nn.Module):
             heads=model_cfg.heads, mlp_ratio=model_cfg.mlp_ratio, dropout=model_cfg.dropout,
             patch=model_cfg.patch, seq_kernels=tuple(model_cfg.seq_kernels), read_norm=model_cfg.read_norm,
             count_norm=model_cfg.count_norm, seq_dilated=model_cfg.seq_dilated, count_pool=model_cfg.count_pool,
+            count_scales=model_cfg.count_scales, count_stem=model_cfg.count_stem,
         )
 
     # -- naming ---------------------------------------------------------------------------------
@@ -336,13 +351,36 @@ class MaskedEncoder(nn.Module):
         h = edit("final", self.norm(x))
         if stop_at == "final":
             return {"hidden": h}
+        log_count = self.count_head(h).squeeze(-1)
+        if self.count_stem:
+            log_count = log_count + self._stem_log_count(seq, cell, seq_mask, cell_mask)
         return {
             "hidden": h,
             "profile_logits": self.read_head(h),
-            "log_count": self.count_head(h).squeeze(-1),
+            "log_count": log_count,
             "seq_logits": self.seq_head(h),
             "cell_logits": self.cell_head(h),
         }
+
+    def _stem_log_count(self, seq: torch.Tensor, cell, seq_mask, cell_mask) -> torch.Tensor:
+        """The count stem's term ``(N,)``: per-cell-type linear map of its pooled ReLU features over
+        the output window, taken at the given cell type (a float one-hot selects differentiably); 0
+        where the cell type is masked or absent."""
+        n = seq.shape[0]
+        if seq_mask is not None:
+            seq = seq * (1 - seq_mask.unsqueeze(1).to(seq.dtype))
+        need = self.output_len + COUNT_STEM_KERNEL - 1
+        a = (self.input_len - need) // 2
+        if a < 0:  # an output window at the input's edge: pad with N (all-zero one-hot)
+            seq, a = F.pad(seq, (-a, -a)), 0
+        f = self.count_relu(self.count_conv(seq[..., a : a + need]))  # (N, S, L_out)
+        per_cell = self.count_stem_head(nested_means(f, self.count_scales))  # (N, C)
+        if cell is None:
+            return per_cell.new_zeros(n)
+        onehot = self._cell_tensor(cell, n, seq.device, per_cell.dtype)
+        if cell_mask is not None:
+            onehot = onehot * (~cell_mask).unsqueeze(1).to(onehot.dtype)
+        return (per_cell * onehot).sum(-1)
 
     # -- S2R mode (the common model contract) ---------------------------------------------------
     def _all_cells(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,18 +48,41 @@ class PooledHead(nn.Module):
     ``norm`` is the CNN's ``count_norm`` (see :mod:`seq2reads.models.bpnet`): token averages vary
     little between windows next to their common level, which slows a linear head on them. A
     training batch of one example uses the running statistics. ``tokens = (t0, t1)`` averages only
-    tokens ``[t0, t1)`` (default: all).
+    tokens ``[t0, t1)`` (default: all); ``scales = k`` also their centred half, quarter, ...
+    (:func:`nested_means`; the linear map then reads ``k * D`` values).
     """
 
-    def __init__(self, d_model: int, out: int, norm: bool = False, tokens: tuple[int, int] | None = None) -> None:
+    def __init__(self, d_model: int, out: int, norm: bool = False, tokens: tuple[int, int] | None = None,
+                 scales: int = 1) -> None:
         super().__init__()
-        self.norm = nn.BatchNorm1d(d_model) if norm else None
-        self.linear = nn.Linear(d_model, out)
+        self.scales = int(scales)
+        self.norm = nn.BatchNorm1d(d_model * self.scales) if norm else None
+        self.linear = nn.Linear(d_model * self.scales, out)
         self.tokens = tokens
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        x = (h if self.tokens is None else h[:, self.tokens[0] : self.tokens[1]]).mean(1)
+        x = nested_means(h if self.tokens is None else h[:, self.tokens[0] : self.tokens[1]], self.scales, dim=1)
         return self.linear(pooled_batch_norm(x, self.norm) if self.norm is not None else x)
+
+
+def nested_means(h: torch.Tensor, scales: int, dim: int = -1) -> torch.Tensor:
+    """Means of ``h`` along ``dim`` over its whole length and over its centred half, quarter, ...
+    (``scales`` nested windows of ``L >> k`` positions starting at ``(L - (L >> k)) // 2``),
+    concatenated window by window on the feature axis: ``(N, F, L) -> (N, scales * F)`` (``dim=-1``)
+    or ``(N, T, D) -> (N, scales * D)`` (``dim=1``).
+
+    Why: a mean over a window of translation-equivariant features is a bag of features that cannot
+    say where a motif sits; the nested windows let a linear head weight the centre (where the
+    windows' promoters are) more than the flanks, and stay symmetric under reverse complement.
+    """
+    L = h.shape[dim]
+    if scales < 1 or L >> (scales - 1) < 1:
+        raise ValueError(f"count_scales must be in 1..{int(L).bit_length()} for {L} positions, got {scales}")
+    out = []
+    for k in range(scales):
+        w = L >> k
+        out.append(h.narrow(dim, (L - w) // 2, w).mean(dim))
+    return out[0] if scales == 1 else torch.cat(out, dim=-1)
 
 
 def pooled_batch_norm(x: torch.Tensor, bn: nn.BatchNorm1d) -> torch.Tensor:

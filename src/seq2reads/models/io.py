@@ -143,6 +143,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
             # encoder files written before the dilated sequence stem and output-window count pooling
             saved.setdefault("seq_dilated", 0)
             saved.setdefault("count_pool", "window")
+        # files written before the count stem and multi-scale count pooling (both model types)
+        saved.setdefault("count_scales", 1)
+        saved.setdefault("count_stem", 0)
     try:
         model_cfg = TypeAdapter(ModelConfig).validate_python(saved)
     except ValidationError:

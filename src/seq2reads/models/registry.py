@@ -32,6 +32,8 @@ def build_model(model_cfg, n_cell_types: int, input_len: int, output_len: int) -
             dilated_kernel=model_cfg.dilated_kernel,
             profile_kernel=model_cfg.profile_kernel,
             count_norm=model_cfg.count_norm,
+            count_scales=model_cfg.count_scales,
+            count_stem=model_cfg.count_stem,
         )
     if model_cfg.type == "encoder":
         from seq2reads.models.encoder import MaskedEncoder
@@ -56,6 +58,11 @@ def min_input_len(model_cfg, output_len: int) -> int:
 
 def check_window(model_cfg, input_len: int, output_len: int) -> None:
     """Raise :class:`UserError` naming the minimum when ``input_len`` is too short for the model."""
+    if model_cfg.type == "bpnet" and output_len >> (model_cfg.count_scales - 1) < 1:
+        raise UserError(
+            f"model.count_scales={model_cfg.count_scales} halves window.output={output_len} bp below 1 bp: "
+            f"set model.count_scales <= {int(output_len).bit_length()}."
+        )
     need = min_input_len(model_cfg, output_len)
     if input_len < need:
         hint = " or use fewer model.layers / smaller kernels" if model_cfg.type == "bpnet" else ""
