@@ -151,7 +151,8 @@ class EncoderModel(Section):
     count_scales: int = Field(1, ge=1, le=12, description="token windows the count head averages: all its tokens, "
                               "then their centred half, quarter, ... (1: all of them)")
     count_stem: int = Field(0, ge=0, description="filters of the count's own convolution of the sequence, pooled "
-                            "like the tokens, one linear term per cell type added to the log count (0: none)")
+                            "like the tokens, one linear term per cell type added to the log count (0: none; "
+                            "measured: no gain for the encoder, see models/encoder.py)")
 
     @model_validator(mode="after")
     def _mask_bounds(self):
