@@ -115,36 +115,27 @@ def test_pickle_is_never_used(saved, monkeypatch):
     assert load_model(out) is not None
 
 
-def test_model_files_from_before_count_norm_load(tmp_path):
-    """A model.json written before ``model.count_norm`` existed describes a model without it."""
-    cfg = _cfg(tmp_path).model_copy(update={})
-    cfg.model.count_norm = False
-    torch.manual_seed(0)
-    m = build_model(cfg.model, 2, 200, 100)
-    out = save_model(m, cfg, cfg.run_path / "model")
-    meta = json.loads((out / "model.json").read_text())
-    del meta["model"]["count_norm"]
-    (out / "model.json").write_text(json.dumps(meta))
-    loaded = load_model(out)
-    assert loaded.count_norm is None
-    x = torch.rand(2, 4, 200)
-    with torch.no_grad():
-        torch.testing.assert_close(m.eval()(x)[1], loaded(x)[1])
-
-
-def test_cnn_files_from_before_the_count_stem_load(tmp_path):
-    """A CNN model.json written before ``count_stem`` / ``count_scales`` existed describes BPNet's
-    head (the output-window mean of the trunk), which is what its weights hold."""
+@pytest.mark.parametrize("absent, check", [
+    # written before model.count_norm existed: a model without it
+    ({"count_norm": False}, lambda m: m.count_norm is None),
+    # written before count_stem / count_scales existed: BPNet's head (the trunk's window mean)
+    ({"count_stem": 0, "count_scales": 1}, lambda m: m.count_stem == 0 and m.count_scales == 1),
+])
+def test_cnn_files_from_before_an_option_load(tmp_path, absent, check):
+    """A CNN model.json without a newer option's key describes the model of that time, whose
+    weights it holds: it loads and predicts as saved."""
     cfg = _cfg(tmp_path)
-    cfg.model.count_stem, cfg.model.count_scales = 0, 1
+    for k, v in absent.items():
+        setattr(cfg.model, k, v)
     torch.manual_seed(0)
     m = build_model(cfg.model, 2, 200, 100)
     out = save_model(m, cfg, cfg.run_path / "model")
     meta = json.loads((out / "model.json").read_text())
-    del meta["model"]["count_stem"], meta["model"]["count_scales"]
+    for k in absent:
+        del meta["model"][k]
     (out / "model.json").write_text(json.dumps(meta))
     loaded = load_model(out)
-    assert loaded.count_stem == 0 and loaded.count_scales == 1
+    assert check(loaded)
     x = torch.rand(2, 4, 200)
     with torch.no_grad():
         torch.testing.assert_close(m.eval()(x)[1], loaded(x)[1])
