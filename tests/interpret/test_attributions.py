@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -40,11 +41,24 @@ def test_profile_target_is_softmax_weighted_logit_sum():
     assert torch.allclose(profile_target(z, 1), (w[:, 1] * z[:, 1]).sum(-1))
 
 
-def test_deeplift_matches_tangermeme_and_is_complete():
+def _bpnet_with_count_stem():
+    from seq2reads.models.bpnet import BPNet
+
+    m = BPNet(n_cell_types=2, output_len=32, filters=8, layers=2, conv_kernel=9, profile_kernel=5,
+              count_scales=3, count_stem=4).eval()
+    with torch.no_grad():  # eval-mode count_norm: give it non-trivial running statistics
+        m.count_norm.running_mean.uniform_(-0.1, 0.1)
+        m.count_norm.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+@pytest.mark.parametrize("make_model", [TinyCNN, _bpnet_with_count_stem], ids=["tiny", "bpnet_count_stem"])
+def test_deeplift_matches_tangermeme_and_is_complete(make_model):
     from tangermeme.deep_lift_shap import deep_lift_shap
 
     torch.manual_seed(0)
-    model, X = TinyCNN().eval(), _seqs()
+    model = make_model().eval()
+    X = _seqs(L=64 if isinstance(model, TinyCNN) else model.min_input_len)
     out = A.deeplift_shap(model, X, [(1, "count"), (0, "profile_minus")], n_shuffles=5, seed=3)
     refs = A.shuffled_references(X, 5, 3)
     for (c, t), (attr, delta) in out.items():
