@@ -17,19 +17,19 @@ Architecture (Avsec et al. 2021, as in bpnet-lite / ChromBPNet), multi-cell-type
 
 Why the count stem and scales (not in BPNet): the trunk is translation-equivariant, so its
 window average cannot tell a motif at the promoter from one 200 bp away, and its filters are
-shaped by the much larger profile gradients: on simulated data (version 2, 3,000 regions, 32
+shaped by the much larger profile gradients. On simulated data (version 2, 3,000 regions, 32
 filters, 6 layers, 30 epochs; ``seq2reads train`` + ``evaluate`` on the accuracy benchmark's
 peaks without background windows) the plain head reached test count Pearson 0.37 (64 filters:
-0.39), and regressing its predictions on the true site
-counts showed it had learned NRF1, SP1, ELK1 and CEBPB only, with the same effect in every cell
-type: none of the cell-type-specific TFs (effect +1.2 per site) and not the repressor. Centred
-windows alone (4 scales; with background windows): 0.37; the stem alone: 0.34; both (stem 64, 4 scales): 0.55 (stem 128: 0.56;
-6 scales: 0.56; 60 epochs: 0.59), with each specific TF learned in its own cell type only
-(e.g. CEBPB +0.87 per site in myeloid, +0.06 elsewhere) and REST negative. A motif's effect on
-the total depends on where it sits (promoters act near the TSS), which the nested windows let a
-linear head weight, and the stem's filters learn from the count loss alone.
-``benchmarks/accuracy.py`` (with its background windows, stem 64, 5 scales): 0.353 -> 0.485; with
-10,000 regions 0.417 -> 0.715 (bpnet-lite: 0.340, 0.499).
+0.39), and regressing its predictions on the true site counts showed it had learned NRF1, SP1,
+ELK1 and CEBPB only, with the same effect in every cell type: none of the cell-type-specific TFs
+(effect +1.2 per site) and not the repressor. Centred windows alone (4 scales; with background
+windows): 0.37; the stem alone: 0.34; both (stem 64, 4 scales): 0.55 (stem 128: 0.56; 6 scales:
+0.56; 60 epochs: 0.59), with each specific TF learned in its own cell type only (e.g. CEBPB +0.87
+per site in myeloid, -0.01 elsewhere) and REST negative. A motif's effect on the total depends on
+where it sits (promoters act near the TSS), which the nested windows let a linear head weight,
+and the stem's filters learn from the count loss alone. ``benchmarks/accuracy.py`` (with its
+background windows, stem 64, 5 scales): 0.353 -> 0.485; with 10,000 regions 0.417 -> 0.715
+(bpnet-lite: 0.340, 0.499).
 
 Why the normalisation (not in bpnet-lite): the window-averaged features vary little from window
 to window next to their common level, and the trunk's shared parameters are driven by the much
@@ -128,7 +128,7 @@ class BPNet(nn.Module):
             raise ValueError(f"count_scales must be in 1..{int(output_len).bit_length()} for output length {output_len}")
         self.count_stem = int(count_stem)
         if self.count_stem:
-            # the count head's own motif scanner (see the module docstring, "Count head")
+            # the count head's own motif scanner (see the module docstring)
             self.count_conv = nn.Conv1d(4, self.count_stem, conv_kernel)
             self.count_relu = nn.ReLU()
         n_pooled = (filters + self.count_stem) * self.count_scales

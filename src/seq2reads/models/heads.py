@@ -73,7 +73,8 @@ def nested_means(h: torch.Tensor, scales: int, dim: int = -1) -> torch.Tensor:
 
     Why: a mean over a window of translation-equivariant features is a bag of features that cannot
     say where a motif sits; the nested windows let a linear head weight the centre (where the
-    windows' promoters are) more than the flanks, and stay symmetric under reverse complement.
+    windows' promoters are) more than the flanks, and are symmetric under reverse complement (to
+    within a position when ``L - (L >> k)`` is odd).
     """
     L = h.shape[dim]
     if scales < 1 or L >> (scales - 1) < 1:
