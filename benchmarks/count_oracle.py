@@ -38,13 +38,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 
-def scan_counts(codes: np.ndarray, pwm: np.ndarray, threshold: float) -> int:
-    """Number of start positions in ``codes`` where ``pwm`` or its reverse complement scores >=
-    ``threshold`` (bits); sites touching N never match."""
-    from seq2reads.data.simulate import pwm_scores
+def scan_counts(codes: np.ndarray, pwm: np.ndarray) -> int:
+    """Number of start positions in ``codes`` where ``pwm`` or its reverse complement has a relative
+    score >= the simulator's threshold; sites touching N never match."""
+    from seq2reads.data.simulate import MIN_REL_SCORE, pwm_scores, relative_score
 
-    fwd, rev = pwm_scores(codes, pwm)
-    return int(((fwd >= threshold) | (rev >= threshold)).sum())
+    best = np.maximum(*pwm_scores(codes, pwm))
+    return int((relative_score(best, pwm) >= MIN_REL_SCORE).sum())
 
 
 def fit_r(X: np.ndarray, Y: np.ndarray, train: np.ndarray, test: np.ndarray) -> list[float]:
@@ -66,7 +66,7 @@ def main() -> None:
 
     from seq2reads.data.genome import Genome
     from seq2reads.data.loader import center_crop, iter_batches
-    from seq2reads.data.simulate import MIN_REL_SCORE, MOTIF_ZONE, SimOptions, _load_motifs, _pwm, load_truth
+    from seq2reads.data.simulate import MOTIF_ZONE, SimOptions, _load_motifs, _pwm, load_truth
     from seq2reads.data.store import open_dataset
 
     wd = Path(args.workdir)
@@ -82,17 +82,13 @@ def main() -> None:
     centre = reg["centre"].to_numpy()[rows].astype(int)
     by_site = {(r["chrom"], r["centre"]): r for r in truth["regions"]}
     motifs = [m for m in _load_motifs(len(truth["cell_types"]), SimOptions()) if m["role"] != "core"]
-    thresholds = []
-    for m in motifs:
-        pwm = _pwm(m["pfm"])
-        lo, hi = pwm.min(0).sum(), pwm.max(0).sum()
-        thresholds.append((pwm, lo + MIN_REL_SCORE * (hi - lo)))
+    pwms = [_pwm(m["pfm"]) for m in motifs]
     genome = Genome(str(wd / "sim" / "genome.fa"))
     sites = np.array([[by_site[(c, x)]["motif_counts"][m["name"]] for m in motifs] for c, x in zip(chrom, centre)],
                      float)
     result = {"sites": fit_r(sites, Y, train, test)}
     for name, half in [("scan_zone", MOTIF_ZONE)] + [(f"scan_{h}", h) for h in args.halves]:
-        X = np.array([[scan_counts(genome.codes(c, x - half, x + half), pwm, t) for pwm, t in thresholds]
+        X = np.array([[scan_counts(genome.codes(c, x - half, x + half), pwm) for pwm in pwms]
                       for c, x in zip(chrom, centre)], float)
         result[name] = fit_r(X, Y, train, test)
     line = json.dumps({

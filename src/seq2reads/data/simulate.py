@@ -337,13 +337,19 @@ def pwm_scores(codes: np.ndarray, pwm: np.ndarray) -> tuple[np.ndarray, np.ndarr
             np.vstack([pwm[::-1, ::-1], n_row])[win, cols].sum(1))
 
 
+def relative_score(scores: np.ndarray | float, pwm: np.ndarray) -> np.ndarray | float:
+    """Log-odds ``scores`` (bits) of ``pwm`` (4, L) on the 0..1 scale between its lowest and highest
+    possible score (sites count when >= :data:`MIN_REL_SCORE`)."""
+    lo, hi = pwm.min(0).sum(), pwm.max(0).sum()
+    return (scores - lo) / (hi - lo)
+
+
 def _sample_sites(pfm: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """``n`` sites sampled from a PFM with relative score >= :data:`MIN_REL_SCORE`.
 
     Returns codes uint8 (n, L) and scores in bits (n,). Rejection sampling in batches.
     """
     pwm = _pwm(pfm)
-    lo, hi = pwm.min(0).sum(), pwm.max(0).sum()
     cum = np.cumsum(pfm, axis=0)  # (4, L)
     keep_codes, keep_scores, have = [np.zeros((0, pfm.shape[1]), np.uint8)], [np.zeros(0)], 0
     while have < n:
@@ -351,7 +357,7 @@ def _sample_sites(pfm: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np
         u = rng.random((m, pfm.shape[1]))
         codes = (u[:, None, :] > cum[None, :3, :]).sum(1).astype(np.uint8)
         scores = pwm[codes, np.arange(pfm.shape[1])].sum(1)
-        ok = (scores - lo) / (hi - lo) >= MIN_REL_SCORE
+        ok = relative_score(scores, pwm) >= MIN_REL_SCORE
         keep_codes.append(codes[ok])
         keep_scores.append(scores[ok])
         have += int(ok.sum())
@@ -556,7 +562,6 @@ def _chance_sites(m: dict, seq: np.ndarray, chrom: str, c: int, planted: list[di
     """
     pwm = _pwm(m["pfm"])
     L = pwm.shape[1]
-    lo, hi = pwm.min(0).sum(), pwm.max(0).sum()
     z0 = c - MOTIF_ZONE
     zone = seq[z0:c + MOTIF_ZONE]
     fwd, rev = pwm_scores(zone, pwm)  # site p starts at z0 + p
@@ -566,7 +571,7 @@ def _chance_sites(m: dict, seq: np.ndarray, chrom: str, c: int, planted: list[di
         taken[max(i["start"] - z0 - L + 1, 0):i["end"] - z0] = True  # a site starting here would overlap it
     out = []
     for p in np.argsort(-score, kind="stable"):
-        if (score[p] - lo) / (hi - lo) < MIN_REL_SCORE:
+        if relative_score(score[p], pwm) < MIN_REL_SCORE:
             break
         if taken[p]:
             continue

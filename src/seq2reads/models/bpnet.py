@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seq2reads.models.heads import nested_means, pooled_batch_norm
+from seq2reads.models.heads import check_scales, nested_means, pooled_batch_norm
 
 
 class BPNet(nn.Module):
@@ -124,8 +124,7 @@ class BPNet(nn.Module):
         self.relus = nn.ModuleList(nn.ReLU() for _ in range(layers))
         self.profile_head = nn.Conv1d(filters, 2 * n_cell_types, profile_kernel)
         self.count_scales = int(count_scales)
-        if self.count_scales < 1 or output_len >> (self.count_scales - 1) < 1:
-            raise ValueError(f"count_scales must be in 1..{int(output_len).bit_length()} for output length {output_len}")
+        check_scales(self.count_scales, output_len)
         self.count_stem = int(count_stem)
         if self.count_stem:
             # the count head's own motif scanner (see the module docstring)

@@ -185,7 +185,7 @@ class MaskedEncoder(nn.Module):
         self.read_head = TokenHead(d_model, 2, patch)
         self.seq_head = TokenHead(d_model, 4, patch)
         t0, t1 = self.output_tokens() if count_pool == "output" else (0, self.n_tokens)
-        if count_scales < 1 or (t1 - t0) >> (count_scales - 1) < 1:
+        if not 1 <= count_scales <= (t1 - t0).bit_length():
             raise UserError(f"model.count_scales={count_scales} halves the {t1 - t0} count tokens below one: "
                             f"set model.count_scales <= {(t1 - t0).bit_length()}.")
         self.count_head = PooledHead(d_model, 1, norm=count_norm,

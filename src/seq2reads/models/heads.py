@@ -65,6 +65,13 @@ class PooledHead(nn.Module):
         return self.linear(pooled_batch_norm(x, self.norm) if self.norm is not None else x)
 
 
+def check_scales(scales: int, length: int) -> None:
+    """Raise ValueError unless ``1 <= scales <= length.bit_length()`` (each of the nested windows of
+    :func:`nested_means` keeps at least one position)."""
+    if not 1 <= scales <= int(length).bit_length():
+        raise ValueError(f"count_scales must be in 1..{int(length).bit_length()} for {length} positions, got {scales}")
+
+
 def nested_means(h: torch.Tensor, scales: int, dim: int = -1) -> torch.Tensor:
     """Means of ``h`` along ``dim`` over its whole length and over its centred half, quarter, ...
     (``scales`` nested windows of ``L >> k`` positions starting at ``(L - (L >> k)) // 2``),
@@ -77,8 +84,7 @@ def nested_means(h: torch.Tensor, scales: int, dim: int = -1) -> torch.Tensor:
     within a position when ``L - (L >> k)`` is odd).
     """
     L = h.shape[dim]
-    if scales < 1 or L >> (scales - 1) < 1:
-        raise ValueError(f"count_scales must be in 1..{int(L).bit_length()} for {L} positions, got {scales}")
+    check_scales(scales, L)
     out = []
     for k in range(scales):
         w = L >> k

@@ -58,7 +58,7 @@ def min_input_len(model_cfg, output_len: int) -> int:
 
 def check_window(model_cfg, input_len: int, output_len: int) -> None:
     """Raise :class:`UserError` naming the minimum when ``input_len`` is too short for the model."""
-    if model_cfg.type == "bpnet" and output_len >> (model_cfg.count_scales - 1) < 1:
+    if model_cfg.type == "bpnet" and model_cfg.count_scales > int(output_len).bit_length():
         raise UserError(
             f"model.count_scales={model_cfg.count_scales} halves window.output={output_len} bp below 1 bp: "
             f"set model.count_scales <= {int(output_len).bit_length()}."
