@@ -404,6 +404,47 @@ def test_chunk_files_match_zarr(tmp_path, monkeypatch):
         assert on_disk <= set(files) and (on_disk or name == "mask")  # all-True mask chunks: no file
 
 
+def test_metadata_is_zarrs_own(tmp_path, monkeypatch):
+    """prepare writes the arrays' and groups' zarr.json by hand: each document equals the one zarr
+    writes when it creates the same array, and every region column reads back through zarr (edge
+    chunks padded as zarr pads them)."""
+    import json
+
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    from seq2reads.data import store as store_mod
+
+    cfg_path, _ = make_inputs(tmp_path, n_regions=40, bam=True, replicate=True)
+    monkeypatch.setattr(store_mod, "TARGET_CHUNK_BYTES", 1)  # several data chunks
+    monkeypatch.setattr(store_mod, "REGION_CHUNK_ROWS", 16)  # several region chunks, the last partial
+    cfg = load_config(cfg_path)
+    ds = prepare(cfg, workers=0, progress=False)
+    opened = open_dataset(cfg.run_dir)
+    ref = zarr.open_group(str(tmp_path / "ref"), mode="w", zarr_format=3)
+    keys = {"name": "default", "separator": "."}
+    for name in ("seq", "signal", "mask", "replicate_signal"):
+        a = zarr.open_array(str(ds / name), mode="r")
+        ref.create_array(name, shape=a.shape, chunks=a.chunks, dtype=a.dtype, fill_value=store_mod.FILL[name],
+                         compressors=[BloscCodec(**store_mod.BLOSC[name])], chunk_key_encoding=keys)
+    regs = ref.require_group("regions")
+    W = len(opened)
+    assert W > 16 and W % 16
+    for c in store_mod.REGION_COLUMNS:
+        dtype = str if c in store_mod._STR_COLUMNS else ("float32" if c == "gc" else "int64")
+        regs.create_array(c, shape=(W,), chunks=(16,), dtype=dtype, chunk_key_encoding=keys)
+        got = zarr.open_array(str(ds / "regions" / c), mode="r")[...]
+        want = opened.regions[c].to_numpy()
+        np.testing.assert_array_equal(got.astype(object) if c in store_mod._STR_COLUMNS else got, want)
+    for rel in ("seq", "signal", "mask", "replicate_signal", "regions", *(f"regions/{c}" for c in store_mod.REGION_COLUMNS)):
+        ours = json.loads((ds / rel / "zarr.json").read_text())
+        zarrs = json.loads((tmp_path / "ref" / rel / "zarr.json").read_text())
+        assert ours == zarrs, rel
+    root = json.loads((ds / "zarr.json").read_text())
+    assert root["node_type"] == "group" and root["zarr_format"] == 3 and root["attributes"] == opened.attrs
+    assert len(list((ds / "regions" / "name").glob("c.*"))) == -(-W // 16)
+
+
 def test_dense_reads_equal_sparse_reads(tmp_path, monkeypatch):
     """bigWigs read densely (pyBigWig values over blocks) and sparsely (entries scattered into the
     windows) give the same store; so do a read-end BAM and the same BAM read block by block; and many

@@ -72,6 +72,17 @@ def _parse_intervals(rows, path: Path, what: str) -> tuple[list[str], np.ndarray
 _IRREGULAR = re.compile(r"(?:^|\n)(?:#|track|browser|[ \t]*\r?(?:\n|$))")
 
 
+def _irregular(text: str) -> bool:
+    """Whether ``text`` may have a header, comment or blank line (``_IRREGULAR``); True also for a
+    few regular texts (a first line starting with a space), which the line reader then parses.
+    Plain substring tests first: the regular expression alone costs ~4 ms on 10,000 lines."""
+    if not text or text[0] in " \t\r\n":
+        return True
+    if not any(x in text for x in ("#", "track", "browser", "\n\n", "\n\r", "\n ", "\n\t")):
+        return False
+    return _IRREGULAR.search(text) is not None
+
+
 def _fast_regions(text: str) -> pd.DataFrame | None:
     """:func:`read_regions`' table through pandas' C parser, or None when the text is not a plain,
     regular, valid table (header or blank lines, ragged or space-separated columns, a bad value):
@@ -80,7 +91,7 @@ def _fast_regions(text: str) -> pd.DataFrame | None:
     Same result as that reader (a test checks); it only exists for speed: 10,000 regions in ~10 ms
     instead of ~80 ms, time that ``prepare`` spends before its workers start.
     """
-    if not text or _IRREGULAR.search(text.rstrip("\r\n")):
+    if not text or _irregular(text.rstrip("\r\n")):
         return None
     try:
         df = pd.read_csv(io.StringIO(text), sep="\t", header=None, dtype=str, na_filter=False, engine="c")
@@ -97,7 +108,7 @@ def _fast_regions(text: str) -> pd.DataFrame | None:
         return None
     centres = (starts + ends) // 2
     if df.shape[1] >= 10:
-        col = df[9].str.strip()
+        col = df[9].str.strip() if " " in text or "\r" in text else df[9]
         has = ~col.isin(["", "-1"]).to_numpy()
         try:
             summit = col.where(has, "0").astype(np.int64).to_numpy()
@@ -107,14 +118,12 @@ def _fast_regions(text: str) -> pd.DataFrame | None:
             return None
         centres = np.where(has, starts + summit, centres)
     chrom = df[0]
-    start_txt, end_txt = df[1].str.strip(), df[2].str.strip()
-    if (start_txt != pd.Series(starts).astype(str)).any() or (end_txt != pd.Series(ends).astype(str)).any():
-        return None  # e.g. '+5' or '05': let the line reader build names exactly as it does
     unnamed = df[3].isin(["", "."]) if df.shape[1] >= 4 else None
     if unnamed is not None and not unnamed.any():
         names = df[3]  # every line named: skip building the default names
     else:
-        default = chrom + ":" + start_txt + "-" + end_txt
+        # from the parsed integers, as the line reader does ('+5' and '05' name as 5)
+        default = chrom + ":" + pd.Series(starts).astype(str) + "-" + pd.Series(ends).astype(str)
         names = default if unnamed is None else df[3].where(~unnamed, default)
     return pd.DataFrame({"chrom": chrom.to_numpy(dtype=object), "start": starts, "end": ends, "centre": centres,
                          "name": names.to_numpy(dtype=object)})

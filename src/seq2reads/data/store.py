@@ -173,10 +173,11 @@ def build_windows(cfg, inp: Inputs, seed: int = 0) -> tuple[pd.DataFrame, int]:
                                 gc_matched=cfg.background.gc_matched, seed=seed)
         if len(bg):
             win = pd.concat([win, bg.assign(gc=np.nan)], ignore_index=True)
+    # sort by (chromosome in genome order, start, kind): np.lexsort is stable, like a stable sort_values
     order = {c: i for i, c in enumerate(inp.genome.chroms)}
-    win["_o"] = win["chrom"].map(order)
-    win = win.sort_values(["_o", "start", "kind"], kind="stable").drop(columns="_o").reset_index(drop=True)
-    return win, past
+    rank = np.array([order[c] for c in win["chrom"].tolist()], np.int64)
+    idx = np.lexsort(((win["kind"] == "peak").to_numpy(), win["start"].to_numpy(), rank))  # background < peak
+    return win.take(idx).reset_index(drop=True), past
 
 
 def span_of(window_cfg) -> int:
@@ -416,16 +417,49 @@ def _store_arrays(W: int, C: int, S: int, has_rep: bool) -> dict[str, tuple[tupl
     return arrays
 
 
-def _create_arrays(root, arrays: dict, chunk: int) -> None:
-    """Create (metadata only) the Zarr ``arrays`` (see :func:`_store_arrays`) in group ``root``."""
-    from zarr.codecs import BloscCodec
+# Zarr metadata is written by hand: through zarr's API each array costs ~4 ms CPU (its async
+# store machinery), ~50 ms per prepare for the 11 arrays and 2 groups, spent in the main process
+# while the workers need both cores. The documents are small and fixed by the Zarr v3 core
+# specification; they are the JSON zarr itself writes (a test compares them with zarr's, and every
+# array is read back through zarr).
+def _bytes_codec(dtype: np.dtype) -> dict:
+    return {"name": "bytes"} if dtype.itemsize == 1 else {"name": "bytes", "configuration": {"endian": "little"}}
 
+
+def _array_json(shape: tuple[int, ...], chunk_shape: tuple[int, ...], data_type: str, fill_value: Any,
+                codecs: list[dict]) -> dict:
+    """The ``zarr.json`` of a Zarr v3 array with regular chunks keyed ``c.i.j`` (separator '.')."""
+    return {"shape": [int(x) for x in shape], "data_type": data_type,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [int(x) for x in chunk_shape]}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}},
+            "fill_value": fill_value, "codecs": codecs, "attributes": {}, "zarr_format": 3,
+            "node_type": "array", "storage_transformers": []}
+
+
+def _group_json(attributes: dict | None = None) -> dict:
+    return {"attributes": attributes or {}, "zarr_format": 3, "node_type": "group"}
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2))
+
+
+def _create_arrays(root: Path, arrays: dict, chunk: int) -> None:
+    """Write the metadata of the window ``arrays`` (see :func:`_store_arrays`) under folder ``root``:
+    row chunks of ``chunk`` rows, Blosc settings ``BLOSC[name]``, fill value ``FILL[name]``.
+
+    Chunk files are named c.i.0.0 in the array's folder rather than nested c/i/0/0 folders: creating
+    and (on a re-run) deleting hundreds of folders costs more than writing the data.
+    """
     for name, (shape, dtype) in arrays.items():
-        # Chunk files named c.i.0.0.0 in the array's folder rather than nested c/i/0/0/0 folders:
-        # creating and (on a re-run) deleting hundreds of folders costs more than writing the data.
-        root.create_array(name, shape=shape, chunks=(chunk, *shape[1:]), dtype=dtype, fill_value=FILL[name],
-                          compressors=[BloscCodec(**BLOSC[name])],
-                          chunk_key_encoding={"name": "default", "separator": "."})
+        dt = np.dtype(dtype)
+        b = BLOSC[name]
+        blosc = {"name": "blosc", "configuration": {"typesize": dt.itemsize, "cname": b["cname"],
+                                                    "clevel": b["clevel"], "shuffle": b["shuffle"], "blocksize": 0}}
+        fill = dt.type(FILL[name]).item()
+        _write_json(root / name / "zarr.json",
+                    _array_json(shape, (chunk, *shape[1:]), str(dt), fill, [_bytes_codec(dt), blosc]))
 
 
 def _write_chunks(files: list[str], arr: np.ndarray, chunk: int, codec: dict, skip_fill: Any = None) -> None:
@@ -483,8 +517,6 @@ def prepare(cfg, workers: int | None = None, progress: bool = True) -> Path:
     UserError
         Any bad input (checked before anything is written).
     """
-    import zarr
-
     from seq2reads.atomic import atomic_path
     from seq2reads.config import save_run_config
 
@@ -501,19 +533,19 @@ def prepare(cfg, workers: int | None = None, progress: bool = True) -> Path:
         workers = 2 if W >= PARALLEL_MIN_WINDOWS[_start_method()] else 0
     out = cfg.run_path / DATASET_DIR
     with atomic_path(out) as tmp:
-        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        tmp.mkdir()
         arrays = _store_arrays(W, C, S, any(has_rep))
         before = [c for c in REGION_COLUMNS if c != "gc"]
 
         def meanwhile() -> None:
             # the arrays' metadata and the window table (but its gc column) are written by this
             # process while the workers extract and write the chunks
-            _create_arrays(root, arrays, chunk)
-            _write_regions(root, win, before)
+            _create_arrays(tmp, arrays, chunk)
+            _write_regions(tmp, win, before)
 
         totals, win["gc"] = run_tasks(cfg, inp, win, str(tmp), chunk, workers, progress, meanwhile=meanwhile)
-        _write_regions(root, win, ("gc",))
-        root.update_attributes(_attrs(cfg, win, totals, has_rep, past, chunk))  # one metadata write
+        _write_regions(tmp, win, ("gc",))
+        _write_json(tmp / "zarr.json", _group_json(_attrs(cfg, win, totals, has_rep, past, chunk)))
     save_run_config(cfg)
     return out
 
@@ -626,22 +658,37 @@ def _start_method() -> str:
     return "forkserver" if sys.platform != "win32" else "spawn"
 
 
-def _write_regions(root, win: pd.DataFrame, columns=REGION_COLUMNS) -> None:
-    """Write ``columns`` of the window table as the arrays ``regions/<column>``."""
-    g = root.require_group("regions")
-    keys = {"name": "default", "separator": "."}  # no c/ folder per column (see prepare)
+REGION_CHUNK_ROWS = 65536
+_ZSTD = {"name": "zstd", "configuration": {"level": 0, "checksum": False}}  # zarr's default compressor
+
+
+def _write_regions(root: Path, win: pd.DataFrame, columns=REGION_COLUMNS) -> None:
+    """Write ``columns`` of the window table as the arrays ``regions/<column>`` under folder ``root``
+    (and the ``regions`` group): chunks of up to ``REGION_CHUNK_ROWS`` rows, zarr's default codecs
+    (vlen-utf8 for strings, little-endian bytes for numbers; zstd level 0)."""
+    from numcodecs import VLenUTF8, Zstd
+
+    g = root / "regions"
+    if not (g / "zarr.json").exists():
+        _write_json(g / "zarr.json", _group_json())
+    W = len(win)
+    chunk = max(1, min(W, REGION_CHUNK_ROWS))
+    zstd = Zstd(level=0, checksum=False)
     for c in columns:
         if c in _STR_COLUMNS:
-            vals = win[c].astype(str).to_numpy(dtype=object)
-            a = g.create_array(c, shape=(len(win),), dtype=str, chunks=(max(1, min(len(win), 65536)),),
-                               chunk_key_encoding=keys)
+            vals, data_type, fill, codec = win[c].astype(str).to_numpy(dtype=object), "string", "", VLenUTF8()
+            codecs = [{"name": "vlen-utf8", "configuration": {}}, _ZSTD]
         else:
-            dt = "float32" if c == "gc" else "int64"
-            vals = win[c].to_numpy(dtype=dt)
-            a = g.create_array(c, shape=(len(win),), dtype=dt, chunks=(max(1, min(len(win), 65536)),),
-                               chunk_key_encoding=keys)
-        if len(win):
-            a[:] = vals
+            dt = np.dtype("float32" if c == "gc" else "int64")
+            vals, data_type, fill, codec = win[c].to_numpy(dtype=dt).astype(dt.newbyteorder("<")), str(dt), dt.type(0).item(), None
+            codecs = [_bytes_codec(dt), _ZSTD]
+        _write_json(g / c / "zarr.json", _array_json((W,), (chunk,), data_type, fill, codecs))
+        for k, r0 in enumerate(range(0, W, chunk)):
+            rows = vals[r0 : r0 + chunk]
+            if len(rows) < chunk:  # zarr stores edge chunks full-size, padded with the fill value
+                rows = np.concatenate([rows, np.full(chunk - len(rows), fill, dtype=rows.dtype)])
+            raw = codec.encode(rows) if codec is not None else rows.tobytes()
+            (g / c / f"c.{k}").write_bytes(zstd.encode(raw))
 
 
 def _attrs(cfg, win: pd.DataFrame, totals: np.ndarray, has_rep: list[bool], past: int, chunk: int) -> dict:
