@@ -15,7 +15,10 @@ Scores (``truth.json`` lists the planted motifs, their JASPAR IDs, roles and cel
   PATZ1 counts for REST; GC-rich patterns matching CTCF count for YY1) and the strict one misses
   paralogs (an ETS core matching ETV4 does not count for ELK1), so both are reported.
 - ``specificity``: for each cell-type-specific motif, found in its cell type, and in every other
-  cell type either not found or with at most half the seqlets.
+  cell type either not found or with at most half the seqlets, counting the patterns whose sign is
+  the motif's direction of effect (positive for an activator; ``ok_any_sign`` counts every sign).
+  With the ``count_specific`` target (a cell type's log count minus the mean of the others') a
+  specific activator shows as a positive pattern in its cell type and a negative one elsewhere.
 - ``marginalisation``: for every activating motif (effect > 0), the mean change of predicted log
   counts is > 0 in each cell type where it is active.
 
@@ -43,9 +46,9 @@ sys.path.insert(0, str(ROOT / "src"))
 DEFAULT_SET = [
     "train.max_epochs=8",
     "train.patience=3",
-    "interpret.n_regions=400",
+    "interpret.n_regions=1000",
     "interpret.shuffles=8",
-    "interpret.targets=[count]",
+    "interpret.targets=[count,count_specific]",
     "interpret.marginalize_n=64",
 ]
 
@@ -80,12 +83,21 @@ def score(truth: dict, motifs_tsv, effects_tsv, db, min_instances: int = 50) -> 
                                 "recovered_strict": bool(own.any()),
                                 "seqlets_by_cell_strict": motifs_tsv[own].groupby("cell_type")["n_seqlets"].sum().to_dict()}
         if m["role"] == "specific":
-            own = m["cell_types"]
-            by = per_motif[m["name"]]["seqlets_by_cell"]
-            n_own = sum(by.get(c, 0) for c in own)
-            others = [by.get(c, 0) for c in truth["cell_types"] if c not in own]
-            specific[m["name"]] = {"own": n_own, "others": others,
-                                   "ok": bool(n_own > 0 and all(o <= 0.5 * n_own for o in others))}
+            # seqlets of the patterns that show the motif acting in its direction (positive patterns
+            # for an activator): a negative count_specific pattern in another cell type says the
+            # motif is weaker there than elsewhere, which is the specificity itself, not against it
+            own_cells = m["cell_types"]
+            want = "pos" if m["effect"] > 0 else "neg"
+
+            def own_vs_others(rows):
+                by = rows.groupby("cell_type")["n_seqlets"].sum().to_dict()
+                n_own = int(sum(by.get(c, 0) for c in own_cells))
+                others = [int(by.get(c, 0)) for c in truth["cell_types"] if c not in own_cells]
+                return n_own, others, bool(n_own > 0 and all(o <= 0.5 * n_own for o in others))
+
+            n_own, others, ok = own_vs_others(hit[hit["sign"] == want])
+            specific[m["name"]] = {"sign": want, "own": n_own, "others": others, "ok": ok,
+                                   "ok_any_sign": own_vs_others(hit)[2]}
     both = effects_tsv[effects_tsv["strand"] == "both"]
     for m in truth["motifs"]:
         if m["effect"] > 0 and m["role"] in ("shared", "specific"):

@@ -209,7 +209,10 @@ class Interpret(Section):
     ig_steps: int = Field(32, gt=0)
     ig_baseline: Literal["shuffle", "zero"] = Field(
         "shuffle", description="integrated-gradients sequence baseline: a dinucleotide shuffle or all-zero")
-    targets: list[Literal["count", "profile"]] = Field(default_factory=lambda: ["count", "profile"])
+    targets: list[Literal["count", "count_specific", "profile"]] = Field(
+        default_factory=lambda: ["count", "profile"],
+        description="count: log count per cell type; count_specific: a cell type's log count minus the mean of "
+                    "the others' (what is specific to it); profile: per-strand profile shape")
     cell_types: list[str] | None = None
     motif_db: str = "JASPAR2024"
     max_seqlets: int = Field(2000, gt=0)

@@ -69,6 +69,32 @@ def test_deeplift_matches_tangermeme_and_is_complete(make_model):
     assert np.abs(out[(1, "count")][1]).max() < 1e-4
 
 
+def test_count_specific_target_contrasts_cell_types():
+    """count_specific = a cell type's log count minus the mean of the others'; DeepLIFT on it equals
+    tangermeme's and is complete; cell types that predict alike give it no attribution."""
+    from tangermeme.deep_lift_shap import deep_lift_shap
+
+    from seq2reads.interpret.targets import select_target
+
+    lc = torch.tensor([[1.0, 2.0, 6.0], [0.0, -1.0, 1.0]])
+    assert torch.allclose(select_target(None, lc, 2, "count_specific"), torch.tensor([4.5, 1.5]))
+    with pytest.raises(ValueError, match="two or more"):
+        select_target(None, lc[:, :1], 0, "count_specific")
+    torch.manual_seed(0)
+    model, X = TinyCNN(C=3).eval(), _seqs()
+    out = A.deeplift_shap(model, X, [(1, "count_specific"), (1, "count")], n_shuffles=5, seed=3)
+    ref = deep_lift_shap(make_target(model, 1, "count_specific"), X, references=A.shuffled_references(X, 5, 3),
+                         hypothetical=True, device="cpu")
+    attr, delta = out[(1, "count_specific")]
+    assert np.corrcoef(attr.ravel(), ref.numpy().ravel())[0, 1] > 0.999 and np.abs(delta).max() < 1e-4
+    assert not np.allclose(attr, out[(1, "count")][0])
+    with torch.no_grad():  # every cell type's count head the same: nothing is specific
+        model.lin.weight[:] = model.lin.weight[0]
+        model.lin.bias[:] = model.lin.bias[0]
+    same = A.deeplift_shap(model, X, [(1, "count_specific")], n_shuffles=5, seed=3)[(1, "count_specific")][0]
+    assert np.abs(same).max() < 1e-6 < np.abs(attr).max()
+
+
 def test_integrated_gradients_completeness_improves_with_steps():
     torch.manual_seed(0)
     model, X = TinyCNN().eval(), _seqs()
@@ -125,13 +151,36 @@ def test_attribute_bpnet_run(bpnet_run):
 
 
 def test_attribute_encoder_run(encoder_run):
+    """IG on the encoder: count w.r.t. sequence, reads and cell type; count_specific (which needs every
+    cell type's prediction) w.r.t. the sequence through the S2R pass."""
     cfg = _one_cell(encoder_run)
-    cfg = cfg.model_copy(update={"interpret": cfg.interpret.model_copy(update={"targets": ["count"]})})
+    cfg = cfg.model_copy(update={"interpret": cfg.interpret.model_copy(update={"targets": ["count", "count_specific"]})})
     out = A.attribute_run(cfg)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["method"] == "ig" and [f["target"] for f in summary["files"]] == ["count"]
+    assert summary["method"] == "ig" and [f["target"] for f in summary["files"]] == ["count", "count_specific"]
     for f in summary["files"]:
-        _check_npz(out / f["file"], len(encoder_run.cell_types), encoder=True)
+        z = _check_npz(out / f["file"], len(encoder_run.cell_types), encoder=f["target"] == "count")
+        if f["target"] == "count_specific":
+            assert "reads_attr" not in z and np.abs(z["attr"]).max() > 0
+
+
+def test_count_specific_needs_two_cell_types(bpnet_run, monkeypatch, capsys):
+    from seq2reads.data import store as S
+
+    real = S.open_dataset
+
+    def one_cell(path):
+        ds = real(path)
+        ds.samples = list(ds.samples)[:1]
+        return ds
+
+    monkeypatch.setattr(S, "open_dataset", one_cell)
+    run = bpnet_run.run_path
+    before = sorted(p.name for p in run.iterdir())
+    rc = main(["attribute", str(run), "--set", "interpret.targets=[count_specific]"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "count_specific" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in run.iterdir()) == before
 
 
 def test_attribute_unknown_cell_type_exits_2(bpnet_run, capsys):

@@ -3,8 +3,9 @@
 ``attribute_run(cfg)`` writes ``RUN/attributions/`` (the whole folder atomically):
 
 - ``{cell}.{target}.npz`` for every cell type in ``interpret.cell_types`` (default: all) and target
-  in ``interpret.targets`` (``count`` → ``count``; ``profile`` → ``profile_plus`` and
-  ``profile_minus``), with
+  in ``interpret.targets`` (``count`` → ``count``; ``count_specific`` → ``count_specific``, the
+  cell type's log count minus the mean of the others'; ``profile`` → ``profile_plus`` and
+  ``profile_minus``; see :mod:`seq2reads.interpret.targets`), with
 
   ==============  =================  ==========================================================
   ``ohe``         float32 (N, 4, L)  one-hot input (A, C, G, T), L = ``window.input``
@@ -13,8 +14,11 @@
   ``index``       int64 (N,)         rows of the windows in the dataset store
   ``start``       int64 (N,)         genome start of the model input (0-based)
   ``chrom``       str (N,)           chromosome
-  ``reads_attr``  float32 (N, 2, L)  encoder + IG only: attribution to the reads input (+, −)
-  ``cell_attr``   float32 (N, C)     encoder + IG only: attribution to the cell-type input
+  ``reads_attr``  float32 (N, 2, L)  encoder + IG only (not count_specific, which is attributed
+                                     through the sequence-only S2R pass): attribution to the
+                                     reads input (+, −)
+  ``cell_attr``   float32 (N, C)     encoder + IG only (not count_specific): attribution to the
+                                     cell-type input
   ==============  =================  ==========================================================
 
   Actual contributions are ``attr * ohe``. The arrays use the channels-first layout of the model
@@ -455,6 +459,9 @@ def attribute_run(cfg) -> Path:
     model = load_model(run, device).eval()
     method = resolve_method(icfg.method, model)
     targets = expand_targets(icfg.targets)
+    if "count_specific" in targets and len(cells_all) < 2:
+        raise UserError(f"interpret.targets count_specific contrasts a cell type with the others, but this dataset has "
+                        f"one ({cells_all[0]}): use targets count and profile.")
     input_len, output_len = store.input_len, store.output_len
     rows = select_regions(store, icfg.n_regions, output_len)
     cidx = [cells_all.index(c) for c in cells]
@@ -470,10 +477,16 @@ def attribute_run(cfg) -> Path:
         for p, a in ism_attributions(model, X, pairs).items():
             results[p] = {"attr": a, "delta": np.full(len(X), np.nan, np.float32)}
     else:
+        # count_specific needs every cell type's prediction: the sequence-only forward pass (S2R
+        # mode for the encoder, whose reads/cell-type path predicts the one cell type it is given)
+        own = [t for t in targets if t != "count_specific"]
         for c in cidx:
             r = None if reads is None else reads[:, cidx.index(c)]
-            per = ig_attributions(model, X, c, targets, len(cells_all), icfg.ig_steps, r, icfg.ig_baseline, seed)
-            results.update({(c, t): v for t, v in per.items()})
+            per = ig_attributions(model, X, c, own, len(cells_all), icfg.ig_steps, r, icfg.ig_baseline, seed) if own else {}
+            if "count_specific" in targets:
+                per["count_specific"] = ig_attributions(model, X, c, "count_specific", len(cells_all), icfg.ig_steps,
+                                                        None, icfg.ig_baseline, seed)
+            results.update({(c, t): per[t] for t in targets})
 
     regions = store.regions.iloc[rows]
     lo = (store.span - input_len) // 2

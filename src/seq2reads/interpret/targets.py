@@ -4,6 +4,11 @@ Every seq2reads model maps one-hot DNA ``(N, 4, L_in)`` to ``(profile_logits (N,
 log_counts (N, C))``. Attribution methods need one scalar per example, so these modules select:
 
 - ``count``: ``log_counts[:, c]`` — predicted log(1 + total reads) of cell type ``c``;
+- ``count_specific``: ``log_counts[:, c] - mean_{c' != c} log_counts[:, c']`` — how much more cell
+  type ``c`` is predicted to transcribe here than the others (log fold, natural log). Motifs that act
+  the same in every cell type cancel, so the attributions (and TF-MoDISco on them) show what is
+  specific to ``c``: positive for features that raise its counts relative to the others, negative
+  for those that raise the others'. Needs a model that predicts two or more cell types per pass;
 - ``profile_plus`` / ``profile_minus``: the softmax-weighted logit sum over the positions of one
   strand, ``sum_j softmax(z)_j.detach() * z_j`` with the softmax taken over both strands jointly
   (the profile distribution of the model). Detaching the weights makes the target's gradient the
@@ -20,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-TARGETS = ("count", "profile_plus", "profile_minus")
+TARGETS = ("count", "count_specific", "profile_plus", "profile_minus")
 """Target names used in file names: ``{cell}.{target}.npz``."""
 
 STRAND = {"profile_plus": 0, "profile_minus": 1}
@@ -67,6 +72,11 @@ def select_target(profile_logits: torch.Tensor, log_counts: torch.Tensor, cell: 
         if log_counts.ndim == 1:
             return log_counts
         return log_counts[:, cell] if log_counts.shape[1] > 1 else log_counts[:, 0]
+    if target == "count_specific":
+        C = log_counts.shape[1] if log_counts.ndim == 2 else 1
+        if C < 2:
+            raise ValueError("the count_specific target needs the log counts of two or more cell types")
+        return log_counts[:, cell] - (log_counts.sum(dim=1) - log_counts[:, cell]) / (C - 1)
     logits = profile_logits[:, cell] if profile_logits.ndim == 4 else profile_logits
     return profile_target(logits, STRAND[target])
 
@@ -85,15 +95,16 @@ def encoder_outputs(model: nn.Module, seq: torch.Tensor, reads: torch.Tensor, ce
 
 
 class CountTarget(nn.Module):
-    """``(N, 4, L) -> (N, 1)``: predicted log count of cell type ``cell`` (index into the model's cells)."""
+    """``(N, 4, L) -> (N, 1)``: predicted log count of cell type ``cell`` (index into the model's cells),
+    or with ``specific=True`` its ``count_specific`` contrast to the other cell types."""
 
-    def __init__(self, model: nn.Module, cell: int) -> None:
+    def __init__(self, model: nn.Module, cell: int, specific: bool = False) -> None:
         super().__init__()
-        self.model, self.cell = model, int(cell)
+        self.model, self.cell, self.specific = model, int(cell), bool(specific)
 
     def forward(self, X: torch.Tensor, *args) -> torch.Tensor:
         _, log_counts = self.model(X, *args)
-        return select_target(None, log_counts, self.cell, "count")[:, None]
+        return select_target(None, log_counts, self.cell, "count_specific" if self.specific else "count")[:, None]
 
 
 class ProfileTarget(nn.Module):
@@ -110,8 +121,8 @@ class ProfileTarget(nn.Module):
 
 def make_target(model: nn.Module, cell: int, target: str) -> nn.Module:
     """The wrapper for a target name of :data:`TARGETS`."""
-    if target == "count":
-        return CountTarget(model, cell)
+    if target in ("count", "count_specific"):
+        return CountTarget(model, cell, specific=target == "count_specific")
     return ProfileTarget(model, cell, STRAND[target])
 
 
