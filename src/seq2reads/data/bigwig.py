@@ -3,8 +3,9 @@
 Why not pyBigWig here: its ``values`` returns one float per base (NaN where nothing is stored)
 and its ``intervals`` a list of Python tuples. For base-resolution count tracks, where ~1% of bases
 carry a value, both cost far more than the data itself. The file's data blocks are zlib streams of
-fixed-size records, so decoding them with ``zlib`` and ``numpy.frombuffer`` gives the stored
-entries directly: about 10x less CPU than ``values`` over the same span on such tracks.
+fixed-size records, so inflating them (ISA-L's zlib through python-isal, about twice as fast as
+``zlib``) and reading them with ``numpy.frombuffer`` gives the stored entries directly: about 10x
+less CPU than ``values`` over the same span on such tracks.
 ``prepare`` uses this reader only for sparse files (see :attr:`BigWigIndex.covered_fraction`) and
 pyBigWig's ``values`` for dense ones, where a dense array is the cheaper form anyway.
 
@@ -20,10 +21,14 @@ from __future__ import annotations
 
 import mmap
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
+
+try:  # python-isal (Intel ISA-L) inflates the same zlib streams ~2x faster than zlib
+    from isal.isal_zlib import decompress as _inflate
+except ImportError:  # pragma: no cover - isal is a dependency; zlib gives the same bytes
+    from zlib import decompress as _inflate
 
 BIGWIG_MAGIC = 0x888FFC26
 _CHROM_TREE_MAGIC = 0x78CA8C91
@@ -172,7 +177,7 @@ class BigWigIndex:
             return got
         raw = self._buf[off : off + size]
         if self.compressed:
-            raw = zlib.decompress(raw)
+            raw = _inflate(raw)
         starts: list[np.ndarray] = []
         ends: list[np.ndarray] = []
         values: list[np.ndarray] = []
