@@ -679,8 +679,8 @@ def _write_regions(root: Path, win: pd.DataFrame, columns=REGION_COLUMNS) -> Non
             vals, data_type, fill, codec = win[c].astype(str).to_numpy(dtype=object), "string", "", VLenUTF8()
             codecs = [{"name": "vlen-utf8", "configuration": {}}, _ZSTD]
         else:
-            dt = np.dtype("float32" if c == "gc" else "int64")
-            vals, data_type, fill, codec = win[c].to_numpy(dtype=dt).astype(dt.newbyteorder("<")), str(dt), dt.type(0).item(), None
+            dt = np.dtype("<f4" if c == "gc" else "<i8")  # little-endian bytes, as the codec says
+            vals, data_type, fill, codec = win[c].to_numpy(dtype=dt), dt.name, dt.type(0).item(), None
             codecs = [_bytes_codec(dt), _ZSTD]
         _write_json(g / c / "zarr.json", _array_json((W,), (chunk,), data_type, fill, codecs))
         for k, r0 in enumerate(range(0, W, chunk)):
