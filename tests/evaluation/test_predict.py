@@ -8,7 +8,7 @@ import pytest
 
 from seq2reads import cli
 from seq2reads.data.genome import Genome
-from seq2reads.evaluation.predict import expected_counts, load_trained_model, predict, predict_windows
+from seq2reads.evaluation.predict import expected_counts, inference_model, load_trained_model, predict, predict_windows
 
 
 def _test_chrom(cfg):
@@ -45,7 +45,7 @@ def test_predict_regions_stitches_centre_crops(bpnet_run, tmp_path):
     files = sorted(p.name for p in out.iterdir())
     assert files == sorted(f"{c}.{s}.bw" for c in cfg.cell_types for s in ("plus", "minus"))
 
-    model = load_trained_model(cfg.run_path, "cpu")
+    model = inference_model(cfg, load_trained_model(cfg.run_path, "cpu"))  # reverse-complement averaged
     lead = (Lout - step) // 2
     # tile 1 keeps [a + step, a + 2 * step): the centre of the window whose output starts `lead` bp earlier
     k0 = a + step
@@ -71,7 +71,9 @@ def test_predict_genome_wide_covers_every_chromosome(bpnet_run, tmp_path):
     fa = tmp_path / "tiny.fa"
     sizes = {"chrA": 1500, "chrB": 333}
     fa.write_text("".join(f">{c}\n{''.join(rng.choice(list('ACGT'), n))}\n" for c, n in sizes.items()))
-    cfg = bpnet_run.model_copy(update={"genome": str(fa)})
+    # predict.revcomp_average off: the stitched values are the plain model's
+    cfg = bpnet_run.model_copy(update={"genome": str(fa), "predict": bpnet_run.predict.model_copy(
+        update={"revcomp_average": False})})
     out = predict(cfg, genome_wide=True, out=tmp_path / "gw", step=100, progress=False)
     model = load_trained_model(cfg.run_path, "cpu")
     genome = Genome(fa)

@@ -36,3 +36,20 @@ def test_configured_count_weight_wins():
     task = ProfileCountTask(_cfg(count_weight=25.0), BPNet(2, 100, 8, 2, profile_kernel=25),
                             {"samples": ["A", "B"], "output_len": 100, "count_stats": STATS})
     assert task.count_weights == [25.0, 25.0]
+
+
+def test_param_groups_scale_the_count_heads_learning_rate():
+    """Every parameter in exactly one group; count_* ones at count_lr_scale x lr; no decay on biases."""
+    from seq2reads.training.tasks import param_groups
+
+    cfg = validate_config({**_cfg().model_dump(), "train": {"lr": 0.002, "count_lr_scale": 5.0}})
+    model = BPNet(2, 100, 8, 2, profile_kernel=25, count_stem=4)
+    groups = param_groups(model, cfg.train)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert lr_of[id(p)] == (0.01 if name.startswith("count_") else 0.002), name
+        assert decay_of[id(p)] == (cfg.train.weight_decay if p.ndim >= 2 else 0.0), name
+    assert {"count_conv.weight", "count_head.weight", "conv0.weight"} <= {n for n, _ in model.named_parameters()}

@@ -2,7 +2,8 @@
 
 The model (CNN, or the encoder in S2R mode: both map one-hot ``(N, 4, L_in)`` to
 ``(profile_logits (N, C, 2, L_out), log_counts (N, C))``) is run on the un-augmented test windows
-(centre crop). Observed counts are the stored signal's centre ``L_out`` positions; excluded
+(centre crop), averaged with its prediction for their reverse complements when
+``predict.revcomp_average`` is on (the default; :mod:`seq2reads.models.revcomp`). Observed counts are the stored signal's centre ``L_out`` positions; excluded
 positions (the store's mask) are dropped from every metric.
 
 ``metrics.json`` layout (SPEC.md's keys first; every metric dict holds the seven SPEC metric names
@@ -46,7 +47,7 @@ import numpy as np
 from seq2reads.atomic import write_text_atomic
 from seq2reads.errors import UserError
 from seq2reads.evaluation import metrics as M
-from seq2reads.evaluation.predict import load_trained_model, predict_windows, progress_iter
+from seq2reads.evaluation.predict import inference_model, load_trained_model, predict_windows, progress_iter
 
 UNIFORM_MIX = 1e-6  # weight of a uniform profile mixed into non-model profiles (finite MNLL)
 MAX_BASELINE_WINDOWS = 5000  # training peaks averaged for the baseline (seeded subsample above)
@@ -322,8 +323,10 @@ def evaluate_run(cfg, batch_size: int | None = None, device: str | None = None, 
 
     base_probs, base_logc = average_profile_baseline(store, max(bs, 256))
 
+    net = inference_model(cfg, model)
+
     def from_model(batch):
-        logits, logc = predict_windows(model, batch["seq"], bs)
+        logits, logc = predict_windows(net, batch["seq"], bs)
         if logits.shape[1:] != (len(cells), 2, L):
             raise UserError(
                 f"the model predicts {tuple(logits.shape[1:])} (cell types, strands, positions) per window but the "
@@ -361,6 +364,7 @@ def evaluate_run(cfg, batch_size: int | None = None, device: str | None = None, 
     result["info"] = {
         "split": "test",
         "model_type": getattr(cfg.model, "type", "bpnet"),
+        "revcomp_average": bool(cfg.predict.revcomp_average),
         "cell_types": cells,
         "n_windows": {"peaks": int(is_peak.sum()), "all": int(len(idx))},
         "output_len": int(L),

@@ -57,6 +57,14 @@ def load_trained_model(run_dir: str | Path, device: str | None = None) -> torch.
     return model.eval()
 
 
+def inference_model(cfg, model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` wrapped in :class:`~seq2reads.models.revcomp.RevCompAverage` when
+    ``predict.revcomp_average`` is on, else ``model`` itself."""
+    from seq2reads.models.revcomp import RevCompAverage
+
+    return RevCompAverage(model).eval() if cfg.predict.revcomp_average else model
+
+
 def _model_device(model: torch.nn.Module) -> torch.device:
     p = next(iter(model.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
@@ -224,7 +232,7 @@ def predict(cfg, regions: str | Path | None = None, genome_wide: bool = False, o
     if (regions is None) == (not genome_wide):
         raise UserError("predict needs exactly one of --regions BED or --genome-wide.")
     run = Path(cfg.run_dir)
-    model = load_trained_model(run, device)
+    model = inference_model(cfg, load_trained_model(run, device))
     genome = Genome(cfg.genome)
     input_len, output_len = cfg.window.input, cfg.window.output
     step = int(step or max(1, output_len // 2))

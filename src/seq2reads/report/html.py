@@ -345,7 +345,7 @@ def section_tracks(cfg: Config, run: Path) -> str:
 
     from seq2reads.data.genome import one_hot
     from seq2reads.data.store import open_dataset
-    from seq2reads.evaluation.predict import predict_windows
+    from seq2reads.evaluation.predict import inference_model, predict_windows
     from seq2reads.models.io import load_model
 
     store = open_dataset(run / "dataset")
@@ -364,7 +364,7 @@ def section_tracks(cfg: Config, run: Path) -> str:
     codes = codes[order]
     li = (S - Li) // 2
     X = one_hot(codes[:, li: li + Li])
-    model = load_model(run, device="cpu")
+    model = inference_model(cfg, load_model(run, device="cpu").eval())  # as evaluate and predict see it
     with torch.no_grad():
         logits, log_counts = predict_windows(model, X, batch_size=16)
     logits = np.asarray(logits, dtype=np.float64)

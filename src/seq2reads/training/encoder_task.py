@@ -30,7 +30,7 @@ from seq2reads.errors import UserError
 from seq2reads.models.balancing import AdaptiveBalancer
 from seq2reads.models.heads import cell_loss, count_loss, profile_loss, sequence_loss
 from seq2reads.models.masking import Masks, masks_from_config
-from seq2reads.training.tasks import lr_factor
+from seq2reads.training.tasks import lr_factor, param_groups
 
 LOSS_NAMES = ("reads", "count", "seq", "cell")
 
@@ -165,15 +165,8 @@ class MaskedEncoderTask(L.LightningModule):
 
     def configure_optimizers(self):
         tc = self.cfg.train
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (decay if p.ndim >= 2 and "emb" not in name.split(".")[-1] else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = param_groups(self.model, tc, lambda name, p: p.ndim >= 2 and "emb" not in name.split(".")[-1])
         opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
-        if tc.optimizer == "adam":  # plain Adam: L2 weight decay as the user asked, on every weight
-            groups = [{"params": decay + no_decay, "weight_decay": tc.weight_decay}]
         opt = opt_cls(groups, lr=tc.lr)
         if tc.schedule == "plateau":
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=max(1, tc.patience // 2))
