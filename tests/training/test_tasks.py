@@ -42,9 +42,9 @@ def test_param_groups_scale_the_count_heads_learning_rate():
     """Every parameter in exactly one group; count_* ones at count_lr_scale x lr; no decay on biases."""
     from seq2reads.training.tasks import param_groups
 
-    cfg = validate_config({**_cfg().model_dump(), "train": {"lr": 0.002, "count_lr_scale": 5.0}})
+    cfg = validate_config({**_cfg(count_lr_scale=5.0).model_dump(), "train": {"lr": 0.002}})
     model = BPNet(2, 100, 8, 2, profile_kernel=25, count_stem=4)
-    groups = param_groups(model, cfg.train)
+    groups = param_groups(model, cfg.train, cfg.model.count_lr_scale)
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in model.parameters())
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}

@@ -34,7 +34,7 @@ background windows, stem 64, 5 scales): 0.353 -> 0.485; with 10,000 regions 0.41
 The stem's filters see only the count loss, one number per window and cell type, and at the
 trunk's learning rate they were still far from fitting the training counts when the profile had
 converged (train count Pearson ~0.6): the count head's parameters therefore learn at
-``train.count_lr_scale`` x the base rate (default 10; :func:`seq2reads.training.tasks.param_groups`).
+``model.count_lr_scale`` x the base rate (default 10; :func:`seq2reads.training.tasks.param_groups`).
 Same benchmark data, 30 epochs, evaluated with reverse-complement averaging: test count Pearson
 0.496 (scale 1, stem 64) -> 0.597 (scale 10) -> 0.641 (scale 10, stem 128, the default; stem 256:
 0.594; scale 10 with 60 epochs: 0.639), profile Pearson 0.757 -> 0.761 / 0.767.

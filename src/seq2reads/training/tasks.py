@@ -130,7 +130,7 @@ class ProfileCountTask(L.LightningModule):
 
     def configure_optimizers(self):
         tc = self.cfg.train
-        groups = param_groups(self.model, tc)
+        groups = param_groups(self.model, tc, self.cfg.model.count_lr_scale)
         opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
         opt = opt_cls(groups, lr=tc.lr)
         total = tc.max_steps if tc.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
@@ -145,20 +145,21 @@ class ProfileCountTask(L.LightningModule):
         return [opt], [step_sched, plateau]
 
 
-def param_groups(model: torch.nn.Module, tc, decays=lambda name, p: p.ndim >= 2) -> list[dict]:
+def param_groups(model: torch.nn.Module, tc, count_lr_scale: float = 1.0,
+                 decays=lambda name, p: p.ndim >= 2) -> list[dict]:
     """Optimizer parameter groups of ``model`` under the ``train`` config ``tc``.
 
     Weight decay on the parameters ``decays(name, p)`` picks (default: conv/linear weights, not
     biases or norms — the usual AdamW practice; with ``optimizer: adam`` it is L2 on every
     parameter, as asked). The count head's own parameters (top-level names starting ``count_``)
-    learn at ``train.count_lr_scale`` x ``train.lr``: they get gradient from the count loss only,
-    one number per window and cell type, and with the base rate they were still far from fitting
-    the training counts when the profile had converged (see ``Train.count_lr_scale``).
+    learn at ``count_lr_scale`` (the config's ``model.count_lr_scale``) x ``train.lr``: they get
+    gradient from the count loss only, one number per window and cell type, and with the base rate
+    the CNN's were still far from fitting the training counts when the profile had converged.
     """
     groups = []
     for is_count in (False, True):
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and n.startswith("count_") == is_count]
-        lr = tc.lr * (tc.count_lr_scale if is_count else 1.0)
+        lr = tc.lr * (count_lr_scale if is_count else 1.0)
         for decay in (True, False):
             params = [p for n, p in named if (tc.optimizer == "adam" or decays(n, p)) == decay]
             if params:
