@@ -149,7 +149,7 @@ class EncoderModel(Section):
                              "(measured: S2R count r 0.24 -> 0.29 but profile r 0.31 -> 0.21, so off by default)")
     count_weight: float | None = Field(None, ge=0)
     count_lr_scale: float = Field(1.0, gt=0, description="learning-rate multiplier of the count head's own "
-                                  "parameters (measured: 10 gave S2R count Pearson 0.290 against 0.311 at 1, "
+                                  "parameters (measured: 10 gave S2R count Pearson 0.290 against 0.334 at 1, "
                                   "benchmarks/encoder.py)")
     count_pool: Literal["window", "output"] = Field(
         "output", description="tokens the count head averages: those over the output window (whose reads it "

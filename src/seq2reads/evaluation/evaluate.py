@@ -3,8 +3,9 @@
 The model (CNN, or the encoder in S2R mode: both map one-hot ``(N, 4, L_in)`` to
 ``(profile_logits (N, C, 2, L_out), log_counts (N, C))``) is run on the un-augmented test windows
 (centre crop), averaged with its prediction for their reverse complements when
-``predict.revcomp_average`` is on (the default; :mod:`seq2reads.models.revcomp`). Observed counts are the stored signal's centre ``L_out`` positions; excluded
-positions (the store's mask) are dropped from every metric.
+``predict.revcomp_average`` is on (the default; :mod:`seq2reads.models.revcomp`). Observed counts
+are the stored signal's centre ``L_out`` positions; excluded positions (the store's mask) are
+dropped from every metric.
 
 ``metrics.json`` layout (SPEC.md's keys first; every metric dict holds the seven SPEC metric names
 plus ``n_regions``, ``n_zero_count``, ``n_undefined_profile_pearson``)::

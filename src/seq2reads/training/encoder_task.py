@@ -165,7 +165,8 @@ class MaskedEncoderTask(L.LightningModule):
 
     def configure_optimizers(self):
         tc = self.cfg.train
-        groups = param_groups(self.model, tc, self.cfg.model.count_lr_scale, lambda name, p: p.ndim >= 2 and "emb" not in name.split(".")[-1])
+        groups = param_groups(self.model, tc, self.cfg.model.count_lr_scale,
+                              lambda name, p: p.ndim >= 2 and "emb" not in name.split(".")[-1])
         opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
         opt = opt_cls(groups, lr=tc.lr)
         if tc.schedule == "plateau":
