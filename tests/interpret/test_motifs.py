@@ -24,6 +24,40 @@ def test_tomtom_finds_the_matrix_itself():
     assert ms[0]["id"] == gata.matrix_id and ms[0]["q"] < 0.05
 
 
+def test_trim_bounds_widens_short_cores_within_the_pattern():
+    cwm = np.zeros((30, 4))
+    cwm[12:16, 0] = 1.0  # attribution mass on 4 positions only
+    assert M.trim_bounds(cwm, min_width=0) == (12, 16)
+    a, b = M.trim_bounds(cwm)
+    assert b - a == M.MIN_TRIM_WIDTH and a <= 12 and b >= 16
+    edge = np.zeros((30, 4))
+    edge[0:3, 1] = 1.0  # at the pattern's start: widened into the pattern, never past its ends
+    assert M.trim_bounds(edge) == (0, M.MIN_TRIM_WIDTH)
+    wide = np.zeros((30, 4))
+    wide[5:20, 2] = 1.0  # already wider than the minimum: unchanged
+    assert M.trim_bounds(wide) == (5, 20)
+    assert M.trim_bounds(np.ones((6, 4))) == (0, 6)  # a pattern narrower than the minimum: all of it
+
+
+def test_short_core_matches_jaspar_only_when_widened():
+    """A pattern whose attributions sit on the ETS core of ELK1 (real JASPAR matrix, real TOMTOM):
+    the widened PPM matches an ETS factor far more confidently than its 4-column core."""
+    db = load_jaspar("JASPAR2024")
+    elk1 = lookup(db, "ELK1")
+    w = elk1.ppm.shape[1]
+    ppm = np.full((4, w + 20), 0.25)
+    ppm[:, 10 : 10 + w] = elk1.ppm
+    core = int(np.argmax(elk1.ppm.max(axis=0) > 0.9))  # first near-certain column: the GGA(A) core
+    cwm = np.zeros((w + 20, 4))
+    cwm[10 + core : 10 + core + 4] = ppm.T[10 + core : 10 + core + 4]
+    short = M.trim_bounds(cwm, min_width=0)
+    assert short[1] - short[0] == 4
+    a, b = M.trim_bounds(cwm)
+    q_short = M.match_motifs([ppm[:, short[0] : short[1]]], db)[0][0]["q"]
+    best = M.match_motifs([ppm[:, a:b]], db)[0][0]
+    assert best["q"] < q_short / 10 and best["q"] < 0.05 and "Ets" in best["family"]
+
+
 def _fake_attribution_run(tmp_path, src_run, seed=0, n=12):
     """A run folder sharing the dataset of ``src_run`` with random attributions (no motifs in them)."""
     run = tmp_path / "run"

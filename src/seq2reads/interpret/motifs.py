@@ -16,8 +16,9 @@ Details
 - TF-MoDISco runs on the central ``window.output`` bp of each explained window (where the
   predicted reads are), with ``max_seqlets_per_metacluster = interpret.max_seqlets``; the arrays
   are transposed to the ``(N, L, 4)`` layout of modisco-lite's Python API.
-- Patterns are trimmed to the positions whose CWM mass is ≥ 30% of the pattern's maximum; the
-  trimmed PPM is matched by memelite's TOMTOM against every matrix of the JASPAR release (both
+- Patterns are trimmed to the positions whose CWM mass is ≥ 30% of the pattern's maximum
+  (modisco-lite's report rule), widened symmetrically to at least :data:`MIN_TRIM_WIDTH` bp
+  within the pattern; the trimmed PPM is matched by memelite's TOMTOM against every matrix of the JASPAR release (both
   orientations). q-values: Benjamini-Hochberg over each pattern's p-values against all matrices.
 - ``centre_offset_*``: seqlet centre minus the window centre, in bp (negative = upstream on the
   genome's + strand).
@@ -46,6 +47,11 @@ COLUMNS = (["cell_type", "target", "pattern", "sign", "n_seqlets"]
 SHARED_COLUMNS = ["group", "sign", "match_id", "match_name", "tf_family", "n_cell_types", "cell_types",
                   "category", "patterns"]
 Q_MATCH = 0.05
+#: Narrowest PPM sent to TOMTOM (bp). Why: attribution mass can sit on a motif's 4-bp core (an ETS
+#: pattern of the motif benchmark trimmed to CCGG), too few columns for any match to reach
+#: q < 0.05 against ~900 matrices (best ELK1-like match q 0.16); the same pattern's 10 bp around that
+#: core (the aligned seqlets' flanks, TnCCGGAAG) matched the ETS family at q 0.005-0.011.
+MIN_TRIM_WIDTH = 10
 log = logging.getLogger(__name__)
 
 
@@ -71,11 +77,15 @@ def run_modisco(ohe: np.ndarray, attr: np.ndarray, max_seqlets: int = 2000, **kw
     return list(pos or []), list(neg or [])
 
 
-def trim_bounds(cwm: np.ndarray, frac: float = 0.3) -> tuple[int, int]:
-    """``[start, end)`` of the positions of a CWM ``(w, 4)`` with ≥ ``frac`` of the max |mass|."""
+def trim_bounds(cwm: np.ndarray, frac: float = 0.3, min_width: int = MIN_TRIM_WIDTH) -> tuple[int, int]:
+    """``[start, end)`` of the positions of a CWM ``(w, 4)`` with ≥ ``frac`` of the max |mass|,
+    widened about its centre to at least ``min_width`` positions (never past the CWM's ends)."""
     score = np.abs(cwm).sum(axis=1)
     keep = np.where(score >= frac * score.max())[0] if score.max() > 0 else np.arange(len(score))
-    return int(keep.min()), int(keep.max()) + 1
+    a, b = int(keep.min()), int(keep.max()) + 1
+    w = min(max(min_width, b - a), len(score))
+    a = min(max(a - (w - (b - a)) // 2, 0), len(score) - w)
+    return a, a + w
 
 
 def bh_qvalues(p: np.ndarray) -> np.ndarray:
