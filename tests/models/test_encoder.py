@@ -293,22 +293,25 @@ def test_count_head_norm_uses_batch_statistics_only_in_training():
 
 def test_count_scales_and_count_stem():
     """count_scales: the count head also averages the centred half, quarter, ... of its tokens;
-    count_stem: a per-cell-type term from the sequence, taken at the given cell type (a float
-    one-hot mixes them), absent where the cell type is masked."""
+    count_stem: a per-cell-type term from the sequence (pooled, batch-normalised, linear), taken at
+    the given cell type (a float one-hot mixes them), absent where the cell type is masked."""
     from seq2reads.models.heads import PooledHead
 
     h = torch.randn(3, 16, 4)
     head = PooledHead(4, 1, tokens=(0, 16), scales=3)
     want = torch.cat([h.mean(1), h[:, 4:12].mean(1), h[:, 6:10].mean(1)], dim=1)
     torch.testing.assert_close(head(h), head.linear(want))
-    with pytest.raises(UserError, match="count_scales <= 4"):
-        tiny(8, 256, 100, count_scales=5)  # 14 output tokens: 14, 7, 3, 1, then none
-    m = tiny(8, 256, 96, count_scales=2, count_stem=5)
+    # 14 output tokens halve 4 times (14, 7, 3, 1); the stem's 100 positions 7 times: each keeps
+    # as many of the 5 windows as it can
+    short = tiny(8, 256, 100, count_scales=5, count_stem=3)
+    assert short.count_head.scales == 4 and short.count_scales == 5
+    m = tiny(8, 256, 96, count_scales=2, count_stem=5).eval()
     x = one_hot(2, 256)
     with torch.no_grad():
-        per_cell = m.count_stem_head(torch.cat([
+        pooled = torch.cat([
             m.count_relu(m.count_conv(x[..., 70:186])).mean(-1),
-            m.count_relu(m.count_conv(x[..., 94:162])).mean(-1)], dim=1))  # 96 and the central 48 outputs
+            m.count_relu(m.count_conv(x[..., 94:162])).mean(-1)], dim=1)  # 96 and the central 48 outputs
+        per_cell = m.count_stem_head(m.count_stem_norm(pooled))  # eval: the running statistics
         no_stem = m.encode(x, None, None)["log_count"]  # cell type absent: no stem term
         for c in range(3):
             got = m.encode(x, None, c)["log_count"]
