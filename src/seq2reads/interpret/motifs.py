@@ -18,8 +18,9 @@ Details
   are transposed to the ``(N, L, 4)`` layout of modisco-lite's Python API.
 - Patterns are trimmed to the positions whose CWM mass is ≥ 30% of the pattern's maximum
   (modisco-lite's report rule), widened symmetrically to at least :data:`MIN_TRIM_WIDTH` bp
-  within the pattern; the trimmed PPM is matched by memelite's TOMTOM against every matrix of the JASPAR release (both
-  orientations). q-values: Benjamini-Hochberg over each pattern's p-values against all matrices.
+  within the pattern; the trimmed PPM is matched by memelite's TOMTOM against every matrix of the
+  JASPAR release (both orientations). q-values: Benjamini-Hochberg over each pattern's p-values
+  against all matrices.
 - ``centre_offset_*``: seqlet centre minus the window centre, in bp (negative = upstream on the
   genome's + strand).
 - ``strand_bias``: fraction of a pattern's seqlets whose orientation (the pattern as discovered)
