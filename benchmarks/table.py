@@ -47,6 +47,7 @@ HEADLINES = {
                   "eval_vectors_per_s", "torch_threads", "load_average_1min"],
     "count_oracle": ["mean.sites", "mean.scan_zone", "mean.scan_150", "mean.scan_256", "simulator_version",
                      "output_len"],
+    "learning_curve": ["profile_pearson", "count_pearson", "ceiling"],
     "sae_targets": ["fvu", "dead_fraction", "mean_l0", "checks.every_specific_tf", "pass", "n_enriched",
                     "model.d_model", "model.depth", "layer"],
 }
@@ -122,8 +123,10 @@ def row(f: Path, obj: dict) -> list[str]:
     figures = []
     name = str(_first(obj, NAME_KEYS) or f.stem)
     first = HEADLINES.get(name, [])
-    flat = sorted(_flatten({k: v for k, v in obj.items() if k not in used}),
-                  key=lambda kv: first.index(kv[0]) if kv[0] in first else len(first))
+    def rank(key: str) -> int:  # a headline names a figure or a group of them (its prefix)
+        return next((i for i, h in enumerate(first) if key == h or key.startswith(h + ".")), len(first))
+
+    flat = sorted(_flatten({k: v for k, v in obj.items() if k not in used}), key=lambda kv: rank(kv[0]))
     for k, v in flat:
         if isinstance(v, (int, float, bool)) or (isinstance(v, str) and len(v) <= 40) or isinstance(v, list):
             s = _fmt(v)

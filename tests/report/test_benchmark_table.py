@@ -34,3 +34,17 @@ def test_table_lists_every_result_and_updates_the_readme(tmp_path):
     text = readme.read_text()
     assert "old" not in text and "windows_per_s" in text and text.endswith("after\n")
     assert "No benchmark has been run yet" in t.markdown(tmp_path / "empty")
+
+
+def test_a_headline_group_puts_its_nested_figures_first(tmp_path):
+    """learning_curve's headline "count_pearson" names a group (count_pearson.3000, ...)."""
+    t = _table_module()
+    res = tmp_path / "results"
+    res.mkdir()
+    obj = {"benchmark": "learning_curve", "aaa": 1, "epochs": 30,
+           "profile_pearson": {"3000": 0.77, "10000": 0.82}, "count_pearson": {"3000": 0.64, "10000": 0.72}}
+    (res / "learning_curve.json").write_text(json.dumps(obj) + "\n")
+    figures = t.row(res / "learning_curve.json", obj)[1].split("; ")
+    assert figures[:4] == ["profile_pearson.3000 = 0.77", "profile_pearson.10000 = 0.82",
+                           "count_pearson.3000 = 0.64", "count_pearson.10000 = 0.72"]
+    assert set(figures[4:]) == {"aaa = 1", "epochs = 30"}
