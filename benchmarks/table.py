@@ -123,6 +123,7 @@ def row(f: Path, obj: dict) -> list[str]:
     figures = []
     name = str(_first(obj, NAME_KEYS) or f.stem)
     first = HEADLINES.get(name, [])
+
     def rank(key: str) -> int:  # a headline names a figure or a group of them (its prefix)
         return next((i for i, h in enumerate(first) if key == h or key.startswith(h + ".")), len(first))
 
