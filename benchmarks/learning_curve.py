@@ -13,8 +13,8 @@ Usage::
     python benchmarks/learning_curve.py --workdir DIR --regions 3000 10000 30000 [--epochs 30]
         [--threads 2] [--set KEY=VALUE ...] [--no-write]
 
-Each size keeps its data and run in ``DIR/nN`` (a size whose ``metrics.json`` exists is not
-retrained, so an interrupted curve resumes). Prints one JSON line and writes it to
+Each size keeps its data and run in ``DIR/nN``; its figures go to ``DIR/nN/point.json`` once
+evaluated, and a size whose ``point.json`` exists is not retrained (an interrupted curve resumes). Prints one JSON line and writes it to
 ``benchmarks/results/learning_curve.json``.
 """
 
@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
         if done.exists():
             points.append(json.loads(done.read_text()))
             continue
-        cfg, m, seconds = train_ours(work, n, args.seed, args.epochs, args.set, log)
+        _, m, seconds = train_ours(work, n, args.seed, args.epochs, args.set, log)
         o, ceil = m["test"]["overall"], m["ceiling"]["overall"]
         point = {"regions": n, "test_peaks": m["info"]["n_windows"]["peaks"],
                  "train_seconds": round(seconds, 1),
