@@ -94,6 +94,18 @@ def test_fixed_count_weight_and_disabled_balancing(tmp_path):
     assert torch.allclose(total, expected)
 
 
+def test_count_head_starts_at_the_typical_log_total(tmp_path):
+    cfg = synthetic_config(tmp_path)
+    stats = {"A": {"median": 59.0}, "B": {"median": 9.0}, "C": {"median": 19.0}, "D": {"median": 999.0}}
+    task = MaskedEncoderTask(cfg, MaskedEncoder.from_config(cfg.model, 3, 64, 32),
+                             {"samples": ["D", "C", "A", "B"], "count_stats": stats})
+    # the config's cell types only (A, B, C; not the dataset's D), mean of log1p medians
+    level = (math.log1p(59.0) + math.log1p(9.0) + math.log1p(19.0)) / 3
+    assert task.model.count_head.linear.bias.item() == pytest.approx(level, rel=1e-6)
+    # no statistics: left as initialised (no crash)
+    MaskedEncoderTask(cfg, MaskedEncoder.from_config(cfg.model, 3, 64, 32), {"samples": CELLS})
+
+
 def test_examples_take_the_reads_of_the_drawn_cell_type(tmp_path):
     cfg = synthetic_config(tmp_path)
     # the dataset holds the cell types in another order: columns follow the names

@@ -30,7 +30,7 @@ from seq2reads.errors import UserError
 from seq2reads.models.balancing import AdaptiveBalancer
 from seq2reads.models.heads import cell_loss, count_loss, profile_loss, sequence_loss
 from seq2reads.models.masking import Masks, masks_from_config
-from seq2reads.training.tasks import lr_factor, param_groups
+from seq2reads.training.tasks import lr_factor, param_groups, typical_totals
 
 LOSS_NAMES = ("reads", "count", "seq", "cell")
 
@@ -95,6 +95,14 @@ class MaskedEncoderTask(L.LightningModule):
             fixed=fixed, enabled=mc.balance,
         )
         self.val_count_weight = float(mc.count_weight) if mc.count_weight is not None else 1.0
+        stats = dataset_attrs.get("count_stats")
+        if stats:
+            # start the count head at the typical log total (as the CNN's): a head starting at 0
+            # spends its first epochs learning the level (count MSE ~20 after 2 short epochs)
+            typical = typical_totals(stats, list(dataset_attrs["samples"]))
+            level = torch.log1p(torch.tensor([typical[i] for i in cols])).mean()
+            with torch.no_grad():
+                model.count_head.linear.bias.fill_(float(level))
 
     def forward(self, X):
         return self.model(X)

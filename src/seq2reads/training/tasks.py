@@ -24,6 +24,19 @@ from seq2reads.data.loader import center_crop
 from seq2reads.models.losses import cell_share_nll, combined_loss, count_weight_from_data
 
 
+def typical_totals(stats, samples: list[str]) -> list[float]:
+    """Median train-peak total (reads, both strands, output window) per cell type, in ``samples`` order.
+
+    ``stats`` is the dataset's ``count_stats`` attribute (a dict by name or a list in sample order);
+    a cell type without statistics gets 0.
+    """
+    typical = []
+    for i, name in enumerate(samples):
+        s = stats.get(name) if isinstance(stats, dict) else stats[i]
+        typical.append(float(s.get("median", s.get("mean", 0.0))) if isinstance(s, dict) else 0.0)
+    return typical
+
+
 def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
     """Learning-rate multiplier at optimizer step ``step``.
 
@@ -81,12 +94,8 @@ class ProfileCountTask(L.LightningModule):
         head = getattr(self.model, "count_head", None)
         if not isinstance(head, nn.Linear) or head.bias is None or head.bias.numel() != len(samples):
             return
-        typical = []
-        for i, name in enumerate(samples):
-            s = stats.get(name) if isinstance(stats, dict) else stats[i]
-            typical.append(float(s.get("median", s.get("mean", 0.0))) if isinstance(s, dict) else 0.0)
         with torch.no_grad():
-            head.bias.copy_(torch.log1p(torch.tensor(typical, dtype=head.bias.dtype)))
+            head.bias.copy_(torch.log1p(torch.tensor(typical_totals(stats, samples), dtype=head.bias.dtype)))
 
     def forward(self, X: torch.Tensor):
         return self.model(X)

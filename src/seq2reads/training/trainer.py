@@ -342,7 +342,9 @@ def _finish(cfg, trainer, task, model, guard, history, best_ckpt, precision, ckp
     tc, run = cfg.train, cfg.run_path
 
     if guard.tripped_step is None:  # a collective under DDP: every rank calls it
-        trainer.save_checkpoint(ckpt_dir / f"{LAST}.ckpt")  # the finished state, so a rerun does nothing
+        # the finished state, so a rerun does nothing; the full state (optimiser, loops), said
+        # explicitly so Lightning does not log that it chose it
+        trainer.save_checkpoint(ckpt_dir / f"{LAST}.ckpt", weights_only=False)
     if not trainer.is_global_zero:
         return run / "model"
     if guard.tripped_step is not None:
