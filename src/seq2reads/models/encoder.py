@@ -38,15 +38,17 @@ centred half, quarter, ... of its tokens (``count_scales``) and adds a term from
 the sequence of its own (``count_stem``: ReLU features over the output window pooled the same way,
 batch-normalised, a linear map to one value per cell type, taken at the given cell type; 0 where it
 is masked), the CNN's count-head additions (see :mod:`seq2reads.models.bpnet`), and like the CNN's
-its parameters learn at ``count_lr_scale`` x the base rate. All three are off by default (here and
-in the config). Measured with ``benchmarks/encoder.py accuracy`` (simulator-v2 data, d_model 64 x
-2 blocks, patch 8, 40 epochs): S2R count Pearson 0.334 without them (0.292 in a rerun), 0.287 with
-4 scales and a 64-filter stem at the base rate and without the normalisation, 0.473 with 5
-scales, a 128-filter stem and rate 10 (profile 0.857 -> 0.865), 0.318 with 5 scales alone. But
-with the 5 nested windows, with or without the stem, no SAE latent of the residual stream tracks
-GATA1::TAL1 any more (``benchmarks/sae.py --part targets``: best erythroid latent's top windows
-0.46 GATA1-bearing, below the 0.5 the target asks; 0.58 without them, two runs each): the
-encoder exists for those latents, so the count head stays BPNet's whole-window mean unless asked.
+its parameters learn at ``count_lr_scale`` x the base rate. All three are off in this class's
+defaults; the config turns the stem (128 filters) and the rate (10) on and leaves the nested
+windows off. Measured with ``benchmarks/encoder.py accuracy`` (simulator-v2 data, d_model 64 x
+2 blocks, patch 8, 40 epochs): S2R count Pearson 0.29-0.33 without them (four runs), 0.287 with
+4 scales and a 64-filter stem at the base rate and without the normalisation, 0.417 with the
+128-filter stem at rate 10 (profile 0.862), 0.473 with 5 scales as well (profile 0.865), 0.318
+with 5 scales alone. But with the 5 nested windows, with or without the stem, no SAE latent of
+the residual stream tracks GATA1::TAL1 any more (``benchmarks/sae.py --part targets``: best
+erythroid latent's top windows 0.46 GATA1-bearing, below the 0.5 the target asks, two runs); with
+the stem alone 0.56 (without the stem 0.56-0.58): the encoder exists for those latents, so the
+nested windows stay off.
 
 Modes
 -----
