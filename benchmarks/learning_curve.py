@@ -14,8 +14,8 @@ Usage::
         [--threads 2] [--set KEY=VALUE ...] [--no-write]
 
 Each size keeps its data and run in ``DIR/nN``; its figures go to ``DIR/nN/point.json`` once
-evaluated, and a size whose ``point.json`` exists is not retrained (an interrupted curve resumes). Prints one JSON line and writes it to
-``benchmarks/results/learning_curve.json``.
+evaluated, and a size whose ``point.json`` exists is not retrained (an interrupted curve
+resumes). Prints one JSON line and writes it to ``benchmarks/results/learning_curve.json``.
 """
 
 from __future__ import annotations
