@@ -8,6 +8,7 @@ import torch
 from seq2reads.config import BPNetModel
 from seq2reads.errors import UserError
 from seq2reads.models.bpnet import BPNet
+from seq2reads.models.heads import box_halves
 from seq2reads.models.registry import build_model, check_window, min_input_len
 
 
@@ -153,7 +154,25 @@ def test_count_scales_average_nested_centred_windows():
     with pytest.raises(ValueError, match="count_scales"):
         BPNet(n_cell_types=1, output_len=16, filters=4, layers=1, profile_kernel=5, count_scales=6)
     with pytest.raises(UserError, match="count_scales <= 5"):
-        check_window(BPNetModel(filters=4, layers=1, profile_kernel=5, count_scales=6), 100, 16)
+        check_window(BPNetModel(filters=4, layers=1, profile_kernel=5, count_box=0, count_scales=6), 100, 16)
+
+
+def test_count_box_averages_centred_windows_growing_by_a_step():
+    """count_box=B: the count head reads the means over [c - B, c + B), [c - 2B, c + 2B), ... and
+    the whole output window (here B=3 on 16 outputs: [5, 11), [2, 14), [0, 16)); reverse
+    complements (reversed positions) pool alike; count_scales is then unused (not even checked)."""
+    m = BPNet(n_cell_types=1, output_len=16, filters=4, layers=1, profile_kernel=5, count_box=3, count_scales=9)
+    h = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(0))
+    pooled = m._pool(h)
+    assert pooled.shape == (2, 12) and m.count_head.in_features == 12
+    for k, (a, b) in enumerate([(5, 11), (2, 14), (0, 16)]):
+        torch.testing.assert_close(pooled[:, 4 * k : 4 * k + 4], h[..., a:b].mean(-1))
+    torch.testing.assert_close(m._pool(h.flip(-1)), pooled)
+    assert box_halves(16, 8) == [16] and box_halves(16, 100) == [16] and box_halves(17, 4) == [4, 17]
+    with pytest.raises(ValueError, match="count_box"):
+        box_halves(16, 0)
+    check_window(BPNetModel(filters=4, layers=1, profile_kernel=5, count_box=3, count_scales=9), 100, 16)
+    assert BPNetModel().count_box == 32  # the config's default (the class's 0 is BPNet's head)
 
 
 def test_count_stem_reads_the_centred_output_window():

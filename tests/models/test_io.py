@@ -120,6 +120,8 @@ def test_pickle_is_never_used(saved, monkeypatch):
     ({"count_norm": False}, lambda m: m.count_norm is None),
     # written before count_stem / count_scales existed: BPNet's head (the trunk's window mean)
     ({"count_stem": 0, "count_scales": 1}, lambda m: m.count_stem == 0 and m.count_scales == 1),
+    # written before count_box existed: the nested windows of count_scales
+    ({"count_box": 0}, lambda m: m.count_box == 0 and m.count_head.in_features == 5 * (8 + 128)),
 ])
 def test_cnn_files_from_before_an_option_load(tmp_path, absent, check):
     """A CNN model.json without a newer option's key describes the model of that time, whose

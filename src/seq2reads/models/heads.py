@@ -92,6 +92,32 @@ def nested_means(h: torch.Tensor, scales: int, dim: int = -1) -> torch.Tensor:
     return out[0] if scales == 1 else torch.cat(out, dim=-1)
 
 
+def box_halves(length: int, step: int) -> list[int]:
+    """Half-widths of :func:`box_means`' windows over ``length`` positions: ``step, 2 step, ...``
+    below ``length // 2``, then the whole length (``[length]`` when ``step >= length // 2``)."""
+    if step <= 0:
+        raise ValueError(f"count_box must be > 0, got {step}")
+    return [*range(step, length // 2, step), length]
+
+
+def box_means(h: torch.Tensor, step: int, dim: int = -1) -> torch.Tensor:
+    """Means of ``h`` along ``dim`` over centred windows whose half-width grows by ``step``
+    positions (``[c - z, c + z)`` with ``c = L // 2`` for each ``z`` of :func:`box_halves`, the
+    last window being all ``L`` positions), concatenated window by window on the feature axis:
+    ``(N, F, L) -> (N, len(box_halves(L, step)) * F)``.
+
+    Why (not in BPNet): a linear head on these means weights every position by a step function
+    of its distance from the centre with a step every ``step`` positions, so it can learn how far
+    from the promoter a motif still acts. :func:`nested_means` halves its windows, so its
+    steps are at ``L / 4, L / 8, ...`` and a zone of, say, ±96 bp falls between two of them. The
+    windows are symmetric about the centre (for even ``L``), so reverse complements pool alike.
+    """
+    L = h.shape[dim]
+    c = L // 2
+    out = [h.mean(dim) if z >= L else h.narrow(dim, c - z, 2 * z).mean(dim) for z in box_halves(L, step)]
+    return torch.cat(out, dim=-1)
+
+
 def pooled_batch_norm(x: torch.Tensor, bn: nn.BatchNorm1d) -> torch.Tensor:
     """``bn`` on pooled features ``(N, F)``; a training batch of one uses the running statistics
     (``nn.BatchNorm1d`` would raise: one value per channel has no batch variance)."""

@@ -146,6 +146,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
         # files written before the count stem and multi-scale count pooling (both model types)
         saved.setdefault("count_scales", 1)
         saved.setdefault("count_stem", 0)
+        if saved.get("type", "bpnet") == "bpnet":
+            saved.setdefault("count_box", 0)  # CNN files written before the count head's box windows
     try:
         model_cfg = TypeAdapter(ModelConfig).validate_python(saved)
     except ValidationError:

@@ -34,6 +34,7 @@ def build_model(model_cfg, n_cell_types: int, input_len: int, output_len: int) -
             count_norm=model_cfg.count_norm,
             count_scales=model_cfg.count_scales,
             count_stem=model_cfg.count_stem,
+            count_box=model_cfg.count_box,
         )
     if model_cfg.type == "encoder":
         from seq2reads.models.encoder import MaskedEncoder
@@ -58,7 +59,7 @@ def min_input_len(model_cfg, output_len: int) -> int:
 
 def check_window(model_cfg, input_len: int, output_len: int) -> None:
     """Raise :class:`UserError` naming the minimum when ``input_len`` is too short for the model."""
-    if model_cfg.type == "bpnet" and model_cfg.count_scales > int(output_len).bit_length():
+    if model_cfg.type == "bpnet" and not model_cfg.count_box and model_cfg.count_scales > int(output_len).bit_length():
         raise UserError(
             f"model.count_scales={model_cfg.count_scales} halves window.output={output_len} bp below 1 bp: "
             f"set model.count_scales <= {int(output_len).bit_length()}."
