@@ -50,7 +50,7 @@ def test_trains_and_logs_every_component_and_weight(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
     torch.manual_seed(0)
-    cfg = synthetic_config(tmp_path, cell_mask_prob=0.5, s2r_prob=0.3)
+    cfg = synthetic_config(tmp_path, cell_mask_prob=0.5, s2r_prob=0.3, count_stem_all_cells=True)
     model = MaskedEncoder.from_config(cfg.model, 3, 64, 32)
     task = MaskedEncoderTask(cfg, model, {"samples": CELLS, "input_len": 64, "output_len": 32})
     logger = CSVLogger(tmp_path, name="logs", version="")
@@ -65,7 +65,7 @@ def test_trains_and_logs_every_component_and_weight(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "logs" / "metrics.csv")))
     train_rows = [r for r in rows if r.get("train/loss")]
     assert len(train_rows) == 6
-    for name in ("reads", "count", "seq"):
+    for name in ("reads", "count", "seq", "count_stem_all"):
         assert all(r[f"train/loss_{name}"] for r in train_rows), name
     for name in ("reads", "count", "seq", "cell"):
         w = [float(r[f"train/w_{name}"]) for r in train_rows]
@@ -307,3 +307,31 @@ def test_train_with_patch_not_dividing_the_window_exits_2(enc_run, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not divisible by model.patch (3)" in err, err
     assert not (run / "model").exists() and not (run / "checkpoints" / "last.ckpt").exists()
+
+
+def test_count_stem_learns_every_cell_types_total(tmp_path):
+    """model.count_stem_all_cells: an extra count loss of the stem alone against the total of every
+    cell type of each window (not only the example's), on the unmasked sequence; its gradient
+    reaches the stem and not the transformer."""
+    torch.manual_seed(0)
+    cfg = synthetic_config(tmp_path, count_stem=8, count_stem_all_cells=True)
+    model = MaskedEncoder.from_config(cfg.model, 3, 64, 32)
+    task = MaskedEncoderTask(cfg, model, {"samples": CELLS, "count_stats": {c: {"median": 9.0} for c in CELLS}})
+    assert task.stem_all_cells and float(task.count_level) == pytest.approx(math.log(10.0))
+    batch = synthetic_batches(1)[0]
+    loss = task.stem_all_cells_loss(batch)
+    # by hand: totals over the central 32 positions of each cell type, both strands
+    totals = batch["signal"][..., 16:48].sum((-1, -2))  # (B, C)
+    pred = model.stem_log_counts(batch["seq"]) + math.log(10.0)
+    assert pred.shape == (8, 3)
+    assert float(loss) == pytest.approx(float(((pred - torch.log1p(totals)) ** 2).mean()), rel=1e-5)
+    loss.backward()
+    assert model.count_conv.weight.grad.abs().sum() > 0 and model.count_stem_head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.blocks.parameters())
+    # off (the default), or without a stem: no such loss
+    off = MaskedEncoderTask(synthetic_config(tmp_path, count_stem=8),
+                            MaskedEncoder.from_config(cfg.model, 3, 64, 32), {"samples": CELLS})
+    assert not off.stem_all_cells
+    no_stem = synthetic_config(tmp_path, count_stem=0, count_stem_all_cells=True)
+    assert not MaskedEncoderTask(no_stem, MaskedEncoder.from_config(no_stem.model, 3, 64, 32),
+                                 {"samples": CELLS}).stem_all_cells

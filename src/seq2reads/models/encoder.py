@@ -48,7 +48,17 @@ with 5 scales alone. But with the 5 nested windows, with or without the stem, no
 the residual stream tracks GATA1::TAL1 any more (``benchmarks/sae.py --part targets``: best
 erythroid latent's top windows 0.46 GATA1-bearing, below the 0.5 the target asks, two runs); with
 the stem alone 0.56 (without the stem 0.56-0.58): the encoder exists for those latents, so the
-nested windows stay off.
+nested windows stay off. A training example carries one cell type's reads, so the count loss alone
+gives the stem, a function of the sequence only, one total per window per epoch where the CNN's
+count head gets all of them; ``count_stem_all_cells``
+(:meth:`seq2reads.training.encoder_task.MaskedEncoderTask.stem_all_cells_loss`, using
+:meth:`MaskedEncoder.stem_log_counts`) adds the stem's own count loss against every cell type's
+total of each window. Same benchmark (2026-12-03, 1 thread): S2R count Pearson 0.417 -> 0.525 at
+seed 0 (profile 0.862 -> 0.870) and 0.388 -> 0.451 at seed 1 (profile 0.849 both), but the SAE on that run's residual stream found no CEBPB latent
+(best latent's top windows 0.44 CEBPB-bearing, 0.52 before; GATA1::TAL1 0.50, 0.56 before): with
+the stem fitting every cell type's total, less of the cell-type signal goes through the residual
+stream. The config therefore leaves it off; turn it on when S2R counts matter more than the
+residual stream's cell-type latents.
 
 Modes
 -----
@@ -385,19 +395,25 @@ class MaskedEncoder(nn.Module):
         n = seq.shape[0]
         if seq_mask is not None:
             seq = seq * (1 - seq_mask.unsqueeze(1).to(seq.dtype))
-        need = self.output_len + COUNT_STEM_KERNEL - 1
-        a = (self.input_len - need) // 2
-        if a < 0:  # an output window at the input's edge: pad with N (all-zero one-hot)
-            seq, a = F.pad(seq, (-a, -a)), 0
-        f = self.count_relu(self.count_conv(seq[..., a : a + need]))  # (N, S, L_out)
-        pooled = pooled_batch_norm(nested_means(f, self.count_scales), self.count_stem_norm)
-        per_cell = self.count_stem_head(pooled)  # (N, C)
+        per_cell = self.stem_log_counts(seq)  # (N, C)
         if cell is None:
             return per_cell.new_zeros(n)
         onehot = self._cell_tensor(cell, n, seq.device, per_cell.dtype)
         if cell_mask is not None:
             onehot = onehot * (~cell_mask).unsqueeze(1).to(onehot.dtype)
         return (per_cell * onehot).sum(-1)
+
+    def stem_log_counts(self, seq: torch.Tensor) -> torch.Tensor:
+        """The count stem's term for every cell type: (N, 4, input_len) one-hot -> (N, C), in log
+        count units (the per-cell-type linear map of its pooled, batch-normalised ReLU features over
+        the output window). Requires ``count_stem > 0``."""
+        need = self.output_len + COUNT_STEM_KERNEL - 1
+        a = (self.input_len - need) // 2
+        if a < 0:  # an output window at the input's edge: pad with N (all-zero one-hot)
+            seq, a = F.pad(seq, (-a, -a)), 0
+        f = self.count_relu(self.count_conv(seq[..., a : a + need]))  # (N, S, L_out)
+        pooled = pooled_batch_norm(nested_means(f, self.count_scales), self.count_stem_norm)
+        return self.count_stem_head(pooled)
 
     # -- S2R mode (the common model contract) ---------------------------------------------------
     def _all_cells(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,10 @@ reads): ``reads`` (profile, ``model.read_loss``; the reference of the balancing,
 ``count`` (log total of the output window), ``seq`` (masked bases), ``cell`` (masked cell type).
 Their weights come from :class:`~seq2reads.models.balancing.AdaptiveBalancer` at the last block's
 MLP output weight (``model.balance*``); a configured ``model.count_weight`` fixes the count weight
-instead. Every component and weight is logged each step (``train/loss_reads``, ``train/w_seq``, ...).
+instead. With a count stem and ``model.count_stem_all_cells`` (off by default), the stem's own count
+loss against every cell type's total of each window (:meth:`MaskedEncoderTask.stem_all_cells_loss`)
+is added at the count weight. Every component and weight is logged each step (``train/loss_reads``,
+``train/w_seq``, ``train/loss_count_stem_all``, ...).
 
 Validation logs ``val/loss`` — the **S2R-mode read loss** (profile loss of the configured kind +
 count loss × (``count_weight`` or 1), reads fully masked, every cell type), i.e. the task the
@@ -95,6 +98,8 @@ class MaskedEncoderTask(L.LightningModule):
             fixed=fixed, enabled=mc.balance,
         )
         self.val_count_weight = float(mc.count_weight) if mc.count_weight is not None else 1.0
+        self.stem_all_cells = bool(mc.count_stem_all_cells and getattr(model, "count_stem", 0))
+        self.register_buffer("count_level", torch.tensor(0.0), persistent=False)
         stats = dataset_attrs.get("count_stats")
         if stats:
             # start the count head at the typical log total (as the CNN's): a head starting at 0
@@ -103,6 +108,7 @@ class MaskedEncoderTask(L.LightningModule):
             level = torch.log1p(torch.tensor([typical[i] for i in cols])).mean()
             with torch.no_grad():
                 model.count_head.linear.bias.fill_(float(level))
+            self.count_level.fill_(float(level))
 
     def forward(self, X):
         return self.model(X)
@@ -135,7 +141,12 @@ class MaskedEncoderTask(L.LightningModule):
         weights = self.balancer.update(losses, self.model.last_shared_layer())
         total = self.balancer.combine(losses)
         b = seq.shape[0]
-        log = {"train/loss": total.detach()}
+        log = {}
+        if self.stem_all_cells:
+            stem_all = self.stem_all_cells_loss(batch)
+            total = total + weights["count"] * stem_all
+            log["train/loss_count_stem_all"] = stem_all.detach()
+        log["train/loss"] = total.detach()
         for k, (v, n) in parts.items():
             if n > 0:
                 log[f"train/loss_{k}"] = v.detach()
@@ -145,6 +156,23 @@ class MaskedEncoderTask(L.LightningModule):
         self.log_dict(log, on_step=True, on_epoch=False, prog_bar=False, batch_size=b)
         self.log("loss", total.detach(), prog_bar=True, logger=False, batch_size=b)
         return total
+
+    def stem_all_cells_loss(self, batch) -> torch.Tensor:
+        """Count loss of the count stem alone for every cell type of every window of the batch.
+
+        A training example carries the reads of one cell type, so the count loss alone gives the
+        stem (a function of the sequence only) one total per window; this term gives it all ``C``
+        (``model.count_stem_all_cells``): MSE between ``count_level + stem(seq)[:, c]`` and
+        ``log(1 + total)`` of cell type ``c`` over the output window, on the unmasked sequence.
+        ``count_level`` is the count head's starting level (the mean typical log total), so the
+        stem learns each window's and cell type's departure from it, the term it adds in S2R mode.
+        """
+        seq, signal, lmask = batch["seq"], batch["signal"].float(), batch["mask"].bool()
+        c = self.model.n_cell_types
+        pred = self.model.stem_log_counts(seq) + self.count_level  # (B, C)
+        reads = signal[:, self.columns].flatten(0, 1)  # (B * C, 2, L), rows n * C + c
+        loss, _ = count_loss(pred.flatten(), reads, lmask.repeat_interleave(c, 0), self.model.output_len)
+        return loss
 
     def validation_step(self, batch, batch_idx):
         seq, signal, lmask = batch["seq"], batch["signal"].float(), batch["mask"].bool()
