@@ -54,11 +54,12 @@ count head gets all of them; ``count_stem_all_cells``
 (:meth:`seq2reads.training.encoder_task.MaskedEncoderTask.stem_all_cells_loss`, using
 :meth:`MaskedEncoder.stem_log_counts`) adds the stem's own count loss against every cell type's
 total of each window. Same benchmark (2026-12-03, 1 thread): S2R count Pearson 0.417 -> 0.525 at
-seed 0 (profile 0.862 -> 0.870) and 0.388 -> 0.451 at seed 1 (profile 0.849 both), but the SAE on that run's residual stream found no CEBPB latent
-(best latent's top windows 0.44 CEBPB-bearing, 0.52 before; GATA1::TAL1 0.50, 0.56 before): with
-the stem fitting every cell type's total, less of the cell-type signal goes through the residual
-stream. The config therefore leaves it off; turn it on when S2R counts matter more than the
-residual stream's cell-type latents.
+seed 0 (profile 0.862 -> 0.870) and 0.388 -> 0.451 at seed 1 (profile 0.849 both), but the SAE on
+the seed-0 run's residual stream found no CEBPB latent (best latent's top windows 0.44
+CEBPB-bearing, 0.52 before; GATA1::TAL1 0.50, 0.56 before): with the stem fitting every cell
+type's total, less of the cell-type signal may go through the residual stream (on the seed-1 run
+the SAE targets passed: GATA1::TAL1 0.60, HNF4A 0.84, CEBPB 0.56). The config therefore leaves
+it off; turn it on when S2R counts matter more than the residual stream's cell-type latents.
 
 Modes
 -----
