@@ -168,10 +168,8 @@ class EncoderModel(Section):
     count_scales: int = Field(1, ge=1, le=12, description="token windows the count head (and the count stem) "
                               "averages: all its tokens, then their centred half, quarter, ... (1: all of them; "
                               "at most as many as there are tokens / positions to halve)")
-    # Off by default: S2R count Pearson 0.417 -> 0.525 and 0.388 -> 0.451 (seeds 0, 1; benchmarks/encoder.py), but in the first run
-    # the SAE on the residual stream no longer found a CEBPB latent (best 0.44 < 0.5 of its top windows;
-    # 0.52 without it; the seed-1 run passed), so the shipped default keeps the SAE targets -- see
-    # models/encoder.py.
+    # Off by default: better S2R counts, but the SAE targets failed on one of two runs with it (figures
+    # in models/encoder.py's docstring).
     count_stem_all_cells: bool = Field(False, description="train the count stem on every cell type's total of "
                                        "each window (an extra count loss), not only on the example's cell type; "
                                        "better S2R counts, weaker cell-type latents in the residual stream")
