@@ -60,6 +60,11 @@ CEBPB-bearing, 0.52 before; GATA1::TAL1 0.50, 0.56 before): with the stem fittin
 type's total, less of the cell-type signal may go through the residual stream (on the seed-1 run
 the SAE targets passed: GATA1::TAL1 0.60, HNF4A 0.84, CEBPB 0.56). The config therefore leaves
 it off; turn it on when S2R counts matter more than the residual stream's cell-type latents.
+Pooling the stem over the CNN's windows growing by 32 bp (``count_box``; tried, not kept) added
+little (seed 0, 2026-12-03): S2R count Pearson 0.450 alone (profile 0.855), 0.540 with
+``count_stem_all_cells`` (profile 0.868; 0.525 without the windows), and on that run the SAE
+found neither a GATA1::TAL1 nor a CEBPB latent (best latents' top windows 0.22 and 0.44 bearing
+the motif).
 
 Modes
 -----
