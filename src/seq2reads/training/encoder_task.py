@@ -167,20 +167,22 @@ class MaskedEncoderTask(L.LightningModule):
         ``count_level`` is the count head's starting level (the mean typical log total), so the
         stem learns each window's and cell type's departure from it, the term it adds in S2R mode.
         """
-        seq, signal, lmask = batch["seq"], batch["signal"].float(), batch["mask"].bool()
-        c = self.model.n_cell_types
-        pred = self.model.stem_log_counts(seq) + self.count_level  # (B, C)
-        reads = signal[:, self.columns].flatten(0, 1)  # (B * C, 2, L), rows n * C + c
-        loss, _ = count_loss(pred.flatten(), reads, lmask.repeat_interleave(c, 0), self.model.output_len)
+        pred = self.model.stem_log_counts(batch["seq"]) + self.count_level  # (B, C)
+        reads, lmask = self._every_cell_reads(batch)
+        loss, _ = count_loss(pred.flatten(), reads, lmask, self.model.output_len)
         return loss
 
+    def _every_cell_reads(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reads and keep-mask of every cell type of every window: (B * C, 2, L) each, rows
+        ``n * C + c`` (the order of :meth:`MaskedEncoder._all_cells`)."""
+        reads = batch["signal"].float()[:, self.columns].flatten(0, 1)
+        return reads, batch["mask"].bool().repeat_interleave(self.model.n_cell_types, 0)
+
     def validation_step(self, batch, batch_idx):
-        seq, signal, lmask = batch["seq"], batch["signal"].float(), batch["mask"].bool()
-        b, c = seq.shape[0], self.model.n_cell_types
+        b = batch["seq"].shape[0]
         # S2R mode, every cell type: rows n * C + k
-        seq_r, cells = self.model._all_cells(seq)
-        reads_r = signal[:, self.columns].flatten(0, 1)
-        lmask_r = lmask.repeat_interleave(c, 0)
+        seq_r, cells = self.model._all_cells(batch["seq"])
+        reads_r, lmask_r = self._every_cell_reads(batch)
         out = self.model.encode(seq_r, None, cells)
         prof, _ = profile_loss(out["profile_logits"], reads_r, lmask_r, self.mcfg.read_loss)
         cnt, _ = count_loss(out["log_count"], reads_r, lmask_r, self.model.output_len)
