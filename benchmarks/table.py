@@ -45,8 +45,8 @@ HEADLINES = {
                        "n_activating"],
     "sae_scale": ["n_vectors", "d", "peak_rss_gb", "pass", "store_vectors_per_s", "train_vectors_per_s",
                   "eval_vectors_per_s", "torch_threads", "load_average_1min"],
-    "count_oracle": ["mean.sites", "mean.scan_zone", "mean.scan_150", "mean.scan_256", "simulator_version",
-                     "output_len"],
+    "count_oracle": ["mean.sites", "mean.scan_zone", "mean.scan_150", "mean.scan_256", "mean.head_pwm_relu",
+                     "mean.head_pwm_sigmoid", "mean.head_learned_relu", "simulator_version", "output_len"],
     "learning_curve": ["profile_pearson", "count_pearson", "ceiling"],
     "sae_targets": ["fvu", "dead_fraction", "mean_l0", "checks.every_specific_tf", "pass", "n_enriched",
                     "model.d_model", "model.depth", "layer"],
@@ -56,7 +56,7 @@ TARGETS = {
     "attribution": ">= 1x tangermeme, r >= 0.99",
     "motif_recovery": ">= 90% of planted motifs; specific motifs in their cell type; marginalisation direction",
     "sae_scale": "peak memory <= 4 GB at 1e7 vectors",
-    "count_oracle": "– (diagnostic: the test count Pearson the sequence allows)",
+    "count_oracle": "– (diagnostic: the test count Pearson the sequence allows, and the count head's own)",
     "sae_targets": "FVU <= 0.2 at K = 16, 256 latents; dead <= 10%; a latent per specific TF",
 }
 
