@@ -112,6 +112,8 @@ def test_chunk_source_equals_memory_source():
     b = make_batch(ChunkSource(zst, cache_chunks=2), rows)
     for key in a:
         assert torch.equal(a[key], b[key])
+    # background flags follow each example's store row (regions/kind: odd rows are background)
+    assert a["background"].tolist() == [r % 2 == 1 for r in a["index"].tolist()]
 
 
 def test_block_shuffle_covers_every_row_once_and_keeps_blocks_together():

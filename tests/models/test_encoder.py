@@ -194,6 +194,9 @@ def test_losses_on_masked_positions():
     assert n == 2 and cl.item() == pytest.approx(torch.log1p(torch.tensor(3.0)).item() ** 2 / 2, rel=1e-5)
     cl, _ = count_loss(lc, counts, torch.ones(2, 10, dtype=torch.bool), output_len=10)
     assert cl.item() < 1e-10
+    # a per-example weight scales each squared error (mean over all examples)
+    cw, _ = count_loss(lc, counts, torch.ones(2, 10, dtype=torch.bool), output_len=8, weight=torch.tensor([1.0, 0.3]))
+    assert cw.item() == pytest.approx(0.3 * torch.log1p(torch.tensor(3.0)).item() ** 2 / 2, rel=1e-5)
     # sequence: only masked positions with a base
     seq = torch.nn.functional.one_hot(torch.tensor([[0, 1, 2, 3]]), 4).permute(0, 2, 1).float()
     seq[0, :, 3] = 0  # N

@@ -90,6 +90,22 @@ def test_combined_loss_weights_per_cell_type():
     assert mse.item() == pytest.approx(per_mse.mean().item(), rel=1e-6)
 
 
+def test_combined_loss_window_weight_scales_each_windows_count_term():
+    logits, counts = _data()
+    lc = torch.zeros(3, 2)
+    w = torch.tensor([1.0, 3.0])
+    v = torch.tensor([1.0, 0.0, 0.5])
+    loss, nll, mse = combined_loss(logits, lc, counts, None, w, v)
+    per_nll = multinomial_nll(logits, counts, reduce=False)
+    per_mse = log_count_mse(lc, counts, reduce=False)
+    assert loss.item() == pytest.approx((per_nll + w * v[:, None] * per_mse).mean().item(), rel=1e-6)
+    assert mse.item() == pytest.approx(per_mse.mean().item(), rel=1e-6)  # reported unweighted
+    # weight 0 on window 1: its count prediction no longer moves the loss
+    lc2 = lc.clone()
+    lc2[1] += 5.0
+    assert combined_loss(logits, lc2, counts, None, w, v)[0].item() == pytest.approx(loss.item(), rel=1e-6)
+
+
 @pytest.mark.parametrize(
     "stats",
     [

@@ -119,6 +119,26 @@ def test_examples_take_the_reads_of_the_drawn_cell_type(tmp_path):
     assert masks.seq.shape == (8, 64) and masks.cell.shape == (8,)
 
 
+def test_background_windows_weigh_background_count_weight_in_the_count_losses(tmp_path):
+    batch = synthetic_batches(1)[0]
+    batch["background"] = torch.arange(8) % 2 == 1
+    model = MaskedEncoder.from_config(synthetic_config(tmp_path).model, 3, 64, 32).eval()
+    counts = {}
+    for w in (1.0, 0.3, 0.0):
+        task = MaskedEncoderTask(synthetic_config(tmp_path, background_count_weight=w), model, {"samples": CELLS})
+        with torch.no_grad():  # same examples and masks each time
+            parts = task._masked_step(batch, torch.Generator().manual_seed(0))[0]
+        counts[w] = parts["count"][0].item()
+        if w == 1.0:
+            assert task.window_weight(batch) is None
+        else:  # S2R validation rows n * C + c carry their window's weight
+            ww = task.window_weight(batch, 3)
+            torch.testing.assert_close(ww, torch.tensor([w if i // 3 % 2 else 1.0 for i in range(24)]))
+    # the count loss is linear in the weight of the background windows
+    assert counts[0.0] < counts[0.3] < counts[1.0]
+    assert counts[0.3] - counts[0.0] == pytest.approx(0.3 * (counts[1.0] - counts[0.0]), rel=1e-4)
+
+
 def test_cell_type_missing_from_dataset(tmp_path):
     cfg = synthetic_config(tmp_path)
     with pytest.raises(UserError, match="C are in the config but not in the prepared dataset"):

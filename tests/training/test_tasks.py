@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from seq2reads.config import validate_config
@@ -53,3 +54,32 @@ def test_param_groups_scale_the_count_heads_learning_rate():
         assert lr_of[id(p)] == (0.01 if name.startswith("count_") else 0.002), name
         assert decay_of[id(p)] == (cfg.train.weight_decay if p.ndim >= 2 else 0.0), name
     assert {"count_conv.weight", "count_head.weight", "conv0.weight"} <= {n for n, _ in model.named_parameters()}
+
+
+def test_background_windows_weigh_background_count_weight_in_the_count_loss():
+    torch.manual_seed(0)
+    attrs = {"samples": ["A", "B"], "output_len": 100, "count_stats": STATS}
+    model = BPNet(2, 100, 8, 2, profile_kernel=25).eval()
+    L = model.min_input_len
+    batch = {"seq": torch.nn.functional.one_hot(torch.randint(0, 4, (4, L)), 4).float().transpose(1, 2),
+             "signal": torch.poisson(torch.full((4, 2, 2, L), 0.5)), "mask": torch.ones(4, L, dtype=torch.bool),
+             "index": torch.arange(4), "background": torch.tensor([False, True, False, True])}
+    parts = {}
+    for w in (1.0, 0.0, 0.3):
+        task = ProfileCountTask(_cfg(background_count_weight=w), model, attrs).eval()
+        with torch.no_grad():
+            parts[w] = task._step(batch)
+    assert task.background_weight == 0.3
+    nll, mse = parts[1.0][1]["profile_nll"], parts[1.0][1]["count_mse"]
+    for w in (0.0, 0.3):  # the parts are reported unweighted; only the loss changes
+        torch.testing.assert_close(parts[w][1]["count_mse"], mse)
+    loss = {w: parts[w][0].item() for w in parts}
+    assert loss[0.0] < loss[0.3] < loss[1.0]
+    # the count term is linear in the background weight
+    assert loss[0.3] - loss[0.0] == pytest.approx(0.3 * (loss[1.0] - loss[0.0]), rel=1e-4)
+    assert loss[0.0] > nll.item()  # peaks still count
+
+
+def test_background_count_weight_must_be_in_0_1():
+    with pytest.raises(Exception, match="background_count_weight"):
+        _cfg(background_count_weight=1.5)

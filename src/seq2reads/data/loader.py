@@ -6,6 +6,7 @@ A batch is a dict of tensors (docs/ARCHITECTURE.md):
 - ``signal`` float32 ``(B, C, 2, L_in)``  read counts over the whole input span (strand 0 = plus)
 - ``mask``   bool    ``(B, L_in)``        True where a position counts in the loss
 - ``index``  int64   ``(B,)``             row of the window in the store
+- ``background`` bool ``(B,)``            True for background windows (``regions/kind``)
 
 Augmentation is vectorised over the batch: each window gets its own jitter offset in
 ``[0, 2 * jitter]`` (a crop of the stored span) and, with probability 1/2, the reverse complement
@@ -58,15 +59,22 @@ class _Source(abc.ABC):
     """Rows of the store as numpy arrays.
 
     ``rows(idx) -> (seq (R, S), signal (R, C, 2, S), mask (R, S), pos (B,))``: arrays holding the
-    rows and the position of each requested store row in them.
+    rows and the position of each requested store row in them. ``background`` bool (W,): which
+    store rows are background windows (``regions/kind``), indexed by store row.
     """
 
     input_len: int
     jitter: int
+    background: np.ndarray
 
     @abc.abstractmethod
     def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Arrays holding the rows ``idx`` and the position of each of them in those arrays."""
+
+
+def _background_rows(store) -> np.ndarray:
+    """bool (W,): True for the store's background windows."""
+    return (store.regions["kind"] == "background").to_numpy()
 
 
 class MemorySource(_Source):
@@ -75,6 +83,7 @@ class MemorySource(_Source):
     def __init__(self, store, indices: np.ndarray):
         indices = np.sort(np.asarray(indices, dtype=np.int64))
         self.input_len, self.jitter = store.input_len, store.jitter
+        self.background = _background_rows(store)
         self._pos = np.full(int(indices.max()) + 1 if len(indices) else 0, -1, dtype=np.int64)
         self._pos[indices] = np.arange(len(indices))
         self.seq = _read_rows(store.seq, indices)
@@ -90,6 +99,7 @@ class ChunkSource(_Source):
 
     def __init__(self, store, cache_chunks: int = 16):
         self.input_len, self.jitter = store.input_len, store.jitter
+        self.background = _background_rows(store)
         self.store = store
         self.chunk = int(chunk_rows(store))
         self.cache_chunks = cache_chunks
@@ -184,7 +194,8 @@ def make_batch(source: _Source, rows: np.ndarray, jitter: bool = False, revcomp:
     if k:
         onehot[:k] = onehot[:k, ::-1]  # complement = reversed channel order (A C G T -> T G C A)
     return {"seq": torch.from_numpy(onehot), "signal": torch.from_numpy(sig_c), "mask": torch.from_numpy(msk_c),
-            "index": torch.from_numpy(rows.astype(np.int64))}
+            "index": torch.from_numpy(rows.astype(np.int64)),
+            "background": torch.from_numpy(source.background[rows.astype(np.int64)])}
 
 
 def _crop(arr: np.ndarray, pos: np.ndarray, offsets: np.ndarray, length: int, k: int, reverse) -> np.ndarray:

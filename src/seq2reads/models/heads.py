@@ -190,7 +190,8 @@ def profile_loss(
     return torch.sqrt(sq.mean() + 1e-12), n
 
 
-def count_loss(log_count: torch.Tensor, counts: torch.Tensor, keep: torch.Tensor, output_len: int) -> tuple[torch.Tensor, int]:
+def count_loss(log_count: torch.Tensor, counts: torch.Tensor, keep: torch.Tensor, output_len: int,
+               weight: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Squared error of ``log(1 + total)`` over the central ``output_len`` positions.
 
     Parameters
@@ -199,12 +200,17 @@ def count_loss(log_count: torch.Tensor, counts: torch.Tensor, keep: torch.Tensor
     counts : float (N, 2, L)
     keep : bool (N, L)
         The dataset's loss mask (excluded positions do not count towards the total).
+    weight : float (N,), optional
+        A factor on each example's squared error (the mean is still over the N examples).
     """
     start = (counts.shape[-1] - output_len) // 2
     c = counts[..., start : start + output_len].float()
     k = keep[..., start : start + output_len].unsqueeze(1)
     target = torch.log1p((c * k).flatten(1).sum(1))
-    return F.mse_loss(log_count.float(), target), len(target)
+    err = (log_count.float() - target) ** 2
+    if weight is not None:
+        err = err * weight.to(err.dtype)
+    return err.mean(), len(target)
 
 
 def sequence_loss(seq_logits: torch.Tensor, seq: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, int]:

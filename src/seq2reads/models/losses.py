@@ -141,14 +141,19 @@ def combined_loss(
     counts: torch.Tensor,
     mask: torch.Tensor | None,
     count_weight: torch.Tensor,
+    window_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``mean_c [NLL_c + w_c MSE_c]`` and its two parts (each averaged over windows, cell types).
+    """``mean_c [NLL_c + w_c v_n MSE_c]`` and its two parts (each averaged over windows, cell types).
 
-    ``count_weight`` is a (C,) tensor (or a scalar). Returns ``(loss, profile_nll, count_mse)``.
+    ``count_weight`` is a (C,) tensor (or a scalar); ``window_weight`` (N,) an optional factor
+    ``v_n`` on each window's count term (default 1). Returns ``(loss, profile_nll, count_mse)``,
+    the last unweighted.
     """
     nll = multinomial_nll(profile_logits, counts, mask, reduce=False)  # (N, C)
     mse = log_count_mse(log_counts, counts, mask, reduce=False)  # (N, C)
     w = torch.as_tensor(count_weight, dtype=nll.dtype, device=nll.device)
+    if window_weight is not None:
+        w = w * window_weight.to(nll.dtype)[:, None]
     loss = (nll + w * mse).mean()
     return loss, nll.mean(), mse.mean()
 

@@ -62,11 +62,15 @@ def signal_columns(cfg_cells: list[str], dataset_cells: list[str], n_model_cells
     )
 
 
-def masked_losses(model, out: dict, seq, reads, loss_mask, masks: Masks, cell1h, read_loss: str) -> dict:
-    """The four masked-reconstruction losses of one batch: name -> (loss, n contributing)."""
+def masked_losses(model, out: dict, seq, reads, loss_mask, masks: Masks, cell1h, read_loss: str,
+                  count_weight: torch.Tensor | None = None) -> dict:
+    """The four masked-reconstruction losses of one batch: name -> (loss, n contributing).
+
+    ``count_weight`` (B,): optional factor on each example's count error (background windows).
+    """
     return {
         "reads": profile_loss(out["profile_logits"], reads, masks.reads & loss_mask, read_loss),
-        "count": count_loss(out["log_count"], reads, loss_mask, model.output_len),
+        "count": count_loss(out["log_count"], reads, loss_mask, model.output_len, count_weight),
         "seq": sequence_loss(out["seq_logits"], seq, masks.seq),
         "cell": cell_loss(out["cell_logits"], cell1h, masks.cell),
     }
@@ -98,6 +102,7 @@ class MaskedEncoderTask(L.LightningModule):
             fixed=fixed, enabled=mc.balance,
         )
         self.val_count_weight = float(mc.count_weight) if mc.count_weight is not None else 1.0
+        self.background_weight = float(mc.background_count_weight)
         self.stem_all_cells = bool(mc.count_stem_all_cells and getattr(model, "count_stem", 0))
         self.register_buffer("count_level", torch.tensor(0.0), persistent=False)
         stats = dataset_attrs.get("count_stats")
@@ -132,7 +137,17 @@ class MaskedEncoderTask(L.LightningModule):
     def _masked_step(self, batch, generator=None):
         seq, reads, lmask, cell1h, masks = self.examples(batch, generator)
         out = self.model.encode(seq, reads, cell1h, masks.seq, masks.reads, masks.cell)
-        return masked_losses(self.model, out, seq, reads, lmask, masks, cell1h, self.mcfg.read_loss), out, seq, masks
+        losses = masked_losses(self.model, out, seq, reads, lmask, masks, cell1h, self.mcfg.read_loss,
+                               self.window_weight(batch))
+        return losses, out, seq, masks
+
+    def window_weight(self, batch: dict, repeat: int = 1) -> torch.Tensor | None:
+        """(B * repeat,) factor on each window's count error: ``model.background_count_weight`` on
+        background windows, 1 on peaks (as the CNN's task); None when it is 1 or unknown."""
+        bg = batch.get("background")
+        if bg is None or self.background_weight == 1.0:
+            return None
+        return torch.where(bg, self.background_weight, 1.0).to(batch["seq"].device).repeat_interleave(repeat)
 
     # -- Lightning hooks ------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -169,7 +184,8 @@ class MaskedEncoderTask(L.LightningModule):
         """
         pred = self.model.stem_log_counts(batch["seq"]) + self.count_level  # (B, C)
         reads, lmask = self._every_cell_reads(batch)
-        loss, _ = count_loss(pred.flatten(), reads, lmask, self.model.output_len)
+        loss, _ = count_loss(pred.flatten(), reads, lmask, self.model.output_len,
+                             self.window_weight(batch, self.model.n_cell_types))
         return loss
 
     def _every_cell_reads(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,7 +201,8 @@ class MaskedEncoderTask(L.LightningModule):
         reads_r, lmask_r = self._every_cell_reads(batch)
         out = self.model.encode(seq_r, None, cells)
         prof, _ = profile_loss(out["profile_logits"], reads_r, lmask_r, self.mcfg.read_loss)
-        cnt, _ = count_loss(out["log_count"], reads_r, lmask_r, self.model.output_len)
+        cnt, _ = count_loss(out["log_count"], reads_r, lmask_r, self.model.output_len,
+                            self.window_weight(batch, self.model.n_cell_types))
         val = prof + self.val_count_weight * cnt
         log = {"val/loss": val, "val/loss_s2r_reads": prof, "val/loss_s2r_count": cnt}
         # masked mode with reproducible masks
