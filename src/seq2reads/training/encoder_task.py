@@ -33,7 +33,7 @@ from seq2reads.errors import UserError
 from seq2reads.models.balancing import AdaptiveBalancer
 from seq2reads.models.heads import cell_loss, count_loss, profile_loss, sequence_loss
 from seq2reads.models.masking import Masks, masks_from_config
-from seq2reads.training.tasks import lr_factor, param_groups, typical_totals
+from seq2reads.training.tasks import lr_factor, param_groups, typical_totals, window_count_weight
 
 LOSS_NAMES = ("reads", "count", "seq", "cell")
 
@@ -144,10 +144,7 @@ class MaskedEncoderTask(L.LightningModule):
     def window_weight(self, batch: dict, repeat: int = 1) -> torch.Tensor | None:
         """(B * repeat,) factor on each window's count error: ``model.background_count_weight`` on
         background windows, 1 on peaks (as the CNN's task); None when it is 1 or unknown."""
-        bg = batch.get("background")
-        if bg is None or self.background_weight == 1.0:
-            return None
-        return torch.where(bg, self.background_weight, 1.0).to(batch["seq"].device).repeat_interleave(repeat)
+        return window_count_weight(batch, self.background_weight, repeat)
 
     # -- Lightning hooks ------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):

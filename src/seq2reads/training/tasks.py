@@ -54,6 +54,16 @@ def typical_totals(stats, samples: list[str]) -> list[float]:
     return typical
 
 
+def window_count_weight(batch: dict, background_weight: float, repeat: int = 1) -> torch.Tensor | None:
+    """(B * repeat,) factor on each window's count loss: ``background_weight`` on the batch's
+    background windows (``batch["background"]``), 1 on peaks, each repeated ``repeat`` times in a
+    row; None when the weight is 1 or the batch does not say which windows are background."""
+    bg = batch.get("background")
+    if bg is None or background_weight == 1.0:
+        return None
+    return torch.where(bg, background_weight, 1.0).repeat_interleave(repeat)
+
+
 def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
     """Learning-rate multiplier at optimizer step ``step``.
 
@@ -124,9 +134,7 @@ class ProfileCountTask(L.LightningModule):
         L_out = profile.shape[-1]
         y = center_crop(batch["signal"], L_out)
         m = center_crop(batch["mask"], L_out)
-        bg = batch.get("background")
-        v = None if bg is None or self.background_weight == 1.0 else \
-            torch.where(bg, self.background_weight, 1.0).to(log_counts.device)
+        v = window_count_weight(batch, self.background_weight)
         loss, nll, mse = combined_loss(profile, log_counts, y, m, self.count_weight, v)
         parts = {"profile_nll": nll, "count_mse": mse}
         if self.share_weight > 0:
