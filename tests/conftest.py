@@ -76,6 +76,19 @@ def bpnet_run(prepared_run):
 
 
 @pytest.fixture(scope="session")
+def bpnet_plain_run(sim_dir, tmp_path_factory):
+    """Config of a run with a small trained BPNet without patch attention (DeepLIFT applies)."""
+    from seq2reads.data.store import prepare
+    from seq2reads.training.trainer import train
+
+    cfg = small_config(sim_dir, tmp_path_factory.mktemp("runs") / "bpnet_plain",
+                       [*SMALL_BPNET, "model.attention_layers=0"])
+    prepare(cfg)
+    train(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="session")
 def encoder_run(sim_dir, tmp_path_factory):
     """Config of a run with a small trained masked encoder (prepare + train)."""
     from seq2reads.data.store import prepare

@@ -130,18 +130,21 @@ def _one_cell(cfg):
     return cfg.model_copy(update={"interpret": cfg.interpret.model_copy(update={"cell_types": cfg.cell_types[:1]})})
 
 
-def test_attribute_bpnet_run(bpnet_run):
+@pytest.mark.parametrize("run, method", [("bpnet_run", "ig"), ("bpnet_plain_run", "deeplift")])
+def test_attribute_bpnet_run(run, method, request):
+    """``auto``: integrated gradients for the default CNN (patch attention), DeepLIFT without it."""
     import pyBigWig
 
+    bpnet_run = request.getfixturevalue(run)
     out = A.attribute_run(_one_cell(bpnet_run))
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["method"] == "deeplift"
+    assert summary["method"] == method
     cells = bpnet_run.cell_types
     assert [(f["cell"], f["target"]) for f in summary["files"]] == [
         (cells[0], t) for t in ("count", "profile_plus", "profile_minus")]
     for f in summary["files"]:
         z = _check_npz(out / f["file"], len(cells), encoder=False)
-        if f["target"] == "count":  # DeepLIFT completeness on the CNN
+        if f["target"] == "count" and method == "deeplift":  # DeepLIFT completeness on the CNN
             assert f["max_abs_delta"] < 1e-3, f
         bw = pyBigWig.open(str(out / f["bigwig"]))
         i = 0
@@ -190,3 +193,14 @@ def test_attribute_unknown_cell_type_exits_2(bpnet_run, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "neuron" in err and bpnet_run.cell_types[0] in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+@pytest.mark.parametrize("run, what", [("bpnet_run", "attention_layers"), ("encoder_run", "encoder")])
+def test_deeplift_on_a_model_that_attends_exits_2(run, what, request, capsys):
+    """DeepLIFT has no rule for attention: asked for on the default CNN or the encoder, a clear error."""
+    cfg = request.getfixturevalue(run)
+    before = sorted(p.name for p in cfg.run_path.iterdir())
+    rc = main(["attribute", str(cfg.run_path), "--set", "interpret.method=deeplift"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "deeplift" in err and what in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in cfg.run_path.iterdir()) == before

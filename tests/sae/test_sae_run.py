@@ -97,7 +97,8 @@ def test_sae_cli_on_bpnet(bpnet_run, tmp_path, capsys):
     out = cfg.run_path / "sae"
     assert str(out) in capsys.readouterr().out
     metrics, _ = _check_outputs(out, cfg, "bpnet")
-    assert metrics["layer"] == f"dil{cfg.model.layers}"  # auto: the last shared trunk layer
+    assert cfg.model.attention_layers  # auto: the last shared trunk layer, the patch attention's output
+    assert metrics["layer"] == "attention"
 
 
 def test_unknown_layer_lists_valid_ones(encoder_run, tmp_path, capsys):

@@ -60,6 +60,7 @@ from torch import nn
 from seq2reads.atomic import atomic_path
 from seq2reads.errors import UserError
 from seq2reads.interpret.targets import AllTargets, encoder_outputs, expand_targets, select_target
+from seq2reads.models.attention import uses_attention
 
 log = logging.getLogger(__name__)
 FORMAT_NOTE = "ohe/attr are (N, 4, L) channels-first; attr is hypothetical; contributions = attr * ohe"
@@ -94,13 +95,15 @@ def resolve_cells(requested: Sequence[str] | None, available: Sequence[str]) -> 
 
 
 def resolve_method(method: str, model: nn.Module) -> str:
-    """``auto`` → ``ig`` for the encoder (attention has no DeepLIFT rule), ``deeplift`` otherwise."""
-    is_encoder = hasattr(model, "encode")
+    """``auto`` → ``ig`` for models that attend (the encoder, a CNN with ``model.attention_layers``:
+    attention has no DeepLIFT rule), ``deeplift`` otherwise."""
+    attends = uses_attention(model)
     if method == "auto":
-        return "ig" if is_encoder else "deeplift"
-    if method == "deeplift" and is_encoder:
+        return "ig" if attends else "deeplift"
+    if method == "deeplift" and attends:
+        what = "the encoder" if hasattr(model, "encode") else "a CNN with model.attention_layers > 0"
         raise UserError(
-            "interpret.method=deeplift does not apply to the encoder (attention and LayerNorm have no "
+            f"interpret.method=deeplift does not apply to {what} (attention and LayerNorm have no "
             "DeepLIFT rule): use interpret.method=ig or ism."
         )
     return method
@@ -348,9 +351,9 @@ def ism_attributions(model: nn.Module, X: torch.Tensor, pairs: Sequence[tuple[in
 
     allt = AllTargets(model, pairs).eval()
     # Fast ISM (tangermeme's torch.export capture) pays off for convolutions only; attention cannot be
-    # captured, so the encoder goes straight to plain ISM instead of failing a capture attempt first.
+    # captured, so models that attend go straight to plain ISM instead of failing a capture attempt first.
     y0, y_hat = saturation_mutagenesis(allt, X.float(), raw_outputs=True, batch_size=batch_size,
-                                       device=model_device(model), fast=not hasattr(model, "encode"))
+                                       device=model_device(model), fast=not uses_attention(model))
     out = {}
     for j, p in enumerate(pairs):
         d = y_hat[..., j].float() - y0[:, None, None, j].float()

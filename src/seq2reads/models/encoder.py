@@ -92,55 +92,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from seq2reads.errors import UserError
+from seq2reads.models.attention import Block, apply_rope, rope_angles  # noqa: F401 (apply_rope: public here too)
 from seq2reads.models.heads import PooledHead, TokenHead, nested_means, pooled_batch_norm
 
 READ_KERNEL = 9
 COUNT_STEM_KERNEL = 21  # width of the count stem's convolution (as the CNN's conv0)
 Intervention = Callable[[torch.Tensor], torch.Tensor]
-
-
-# -- rotary position embeddings ----------------------------------------------------------------
-def rope_angles(n_tokens: int, dim: int, base: float = 10000.0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables ``(T, dim)`` of rotary embeddings (Su et al. 2021, "rotate half" layout).
-
-    Written here (a few lines) rather than imported: torch has no public RoPE op.
-    """
-    inv = 1.0 / base ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
-    ang = torch.arange(n_tokens, device=device, dtype=torch.float32)[:, None] * inv[None, :]
-    ang = torch.cat([ang, ang], dim=-1)
-    return ang.cos(), ang.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate query/key vectors ``(..., T, dim)`` by their position (pairs ``i``, ``i + dim/2``)."""
-    half = x.shape[-1] // 2
-    rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x.float() * cos + rot.float() * sin).to(x.dtype)
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``; ``(N, T, D)``."""
-
-    def __init__(self, d_model: int, heads: int, mlp_ratio: float, dropout: float) -> None:
-        super().__init__()
-        self.heads = heads
-        self.dropout = dropout
-        self.norm1 = nn.LayerNorm(d_model)
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.proj = nn.Linear(d_model, d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        hidden = max(1, int(round(mlp_ratio * d_model)))
-        self.fc1 = nn.Linear(d_model, hidden)
-        self.fc2 = nn.Linear(hidden, d_model)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        n, t, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        a = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(n, t, d)))
-        return x + self.drop(self.fc2(self.drop(F.gelu(self.fc1(self.norm2(x))))))
 
 
 # -- the model ---------------------------------------------------------------------------------

@@ -35,6 +35,9 @@ def build_model(model_cfg, n_cell_types: int, input_len: int, output_len: int) -
             count_scales=model_cfg.count_scales,
             count_stem=model_cfg.count_stem,
             count_box=model_cfg.count_box,
+            attention_layers=model_cfg.attention_layers,
+            attention_heads=model_cfg.attention_heads or 1,  # None only without attention
+            attention_patch=model_cfg.attention_patch,
         )
     if model_cfg.type == "encoder":
         from seq2reads.models.encoder import MaskedEncoder
