@@ -130,8 +130,9 @@ class BPNetModel(Section):
                                   "data, 30 epochs): test count Pearson 0.496 at 1, 0.578 at 5, 0.597 at 10")
     attention_layers: int = Field(1, ge=0, description="transformer blocks over attention_patch-bp tokens of the "
                                   "trunk's last layer, added back residually (0: none, the plain BPNet trunk; see "
-                                  "models/bpnet.py). Measured (benchmarks/accuracy.py data, 30 epochs, seed 0): test "
-                                  "profile Pearson 0.769 -> 0.824, JSD 0.646 -> 0.573 with 1")
+                                  "models/bpnet.py). Measured (benchmarks/accuracy.py, 30 epochs, 2 threads): test profile "
+                                  "Pearson 0.762 -> 0.819, JSD 0.652 -> 0.576, count 0.720 -> 0.750 with 1 (2: no "
+                                  "better). A CNN that attends is explained by integrated gradients (no DeepLIFT rule)")
     attention_heads: int | None = Field(None, gt=0, description="attention heads; filters / heads must be even "
                                         "(RoPE). None: the most of 4, 2, 1 that divides filters into an even width")
     attention_patch: int = Field(8, gt=0, description="bp per attention token")

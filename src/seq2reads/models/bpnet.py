@@ -73,7 +73,10 @@ compares every candidate with the rest of the window at little cost (128 tokens 
 seed 0, 1 thread, RC-averaged test peaks): profile Pearson 0.769 -> 0.820 (0.824 in a first,
 patched-in run), JSD 0.646 -> 0.574, count Pearson 0.728 -> 0.754, validation profile NLL 423
 -> 318; the test strands whose predicted profile maximum lies > 20 bp from the true TSS fell from
-20.8 % to 10.0 % (within 2 bp: 76 % -> 86 %). Two blocks: 0.818 / 0.575 / 0.722, no better.
+20.8 % to 10.0 % (within 2 bp: 76 % -> 86 %). Two blocks: 0.818 / 0.575 / 0.722, no better;
+4-bp tokens 0.819; with the one block, 64 filters 0.828, batch 32 0.824, 60 epochs 0.824, lr
+0.001 with batch 32 0.822, 64 filters with batch 32 0.831 (count 0.707). ``benchmarks/accuracy.py``
+itself (2 threads, 2026-12-03): profile / JSD / count 0.762 / 0.652 / 0.720 -> 0.819 / 0.576 / 0.750.
 Attention at base resolution (no patches; stopped after 12 epochs) learned no faster per epoch
 (validation profile NLL 361 against 347 at epoch 11) at 3.5x the time per epoch. Every
 output then depends on the whole kept input span (``min_input_len``), not only its receptive
