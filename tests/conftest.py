@@ -37,7 +37,8 @@ SMALL = [
     "sae.top_windows=8",
 ]
 # Whole model sections: the simulator's config names BPNet keys that the encoder does not have.
-SMALL_BPNET = ["model={type: bpnet, filters: 16, layers: 3, profile_kernel: 25}"]
+# the small CNN attends (model.attention_layers, off by default); bpnet_plain_run covers the plain one
+SMALL_BPNET = ["model={type: bpnet, filters: 16, layers: 3, profile_kernel: 25, attention_layers: 1}"]
 SMALL_ENCODER = ["model={type: encoder, d_model: 32, depth: 2, heads: 2, patch: 4, seq_kernels: [1, 9]}"]
 
 
@@ -82,7 +83,7 @@ def bpnet_plain_run(sim_dir, tmp_path_factory):
     from seq2reads.training.trainer import train
 
     cfg = small_config(sim_dir, tmp_path_factory.mktemp("runs") / "bpnet_plain",
-                       [*SMALL_BPNET, "model.attention_layers=0"])
+                       ["model={type: bpnet, filters: 16, layers: 3, profile_kernel: 25}"])
     prepare(cfg)
     train(cfg)
     return cfg

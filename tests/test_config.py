@@ -46,8 +46,8 @@ def test_unknown_keys_suggest_the_closest(tmp_path, patch, expect):
     ({"samples": [{"name": "A", "plus": "p.bw"}]}, "both plus and minus"),
     ({"samples": [{"name": "A", "bam": "a.bam"}, {"name": "A", "bam": "b.bam"}]}, "unique"),
     ({"assay": "chip-seq"}, "assay"),
-    ({"model": {"type": "bpnet", "filters": 5}}, "even number of filters"),
-    ({"model": {"type": "bpnet", "filters": 32, "attention_heads": 3}}, "attention_heads"),
+    ({"model": {"type": "bpnet", "filters": 5, "attention_layers": 1}}, "even number of filters"),
+    ({"model": {"type": "bpnet", "filters": 32, "attention_layers": 1, "attention_heads": 3}}, "attention_heads"),
 ])
 def test_bad_values_are_one_line_errors(patch, expect):
     with pytest.raises(UserError, match=expect) as e:

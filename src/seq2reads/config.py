@@ -128,11 +128,14 @@ class BPNetModel(Section):
     count_lr_scale: float = Field(10.0, gt=0, description="learning-rate multiplier of the count head's own "
                                   "parameters (count stem, normalisation, linear map). Measured (benchmarks/accuracy.py "
                                   "data, 30 epochs): test count Pearson 0.496 at 1, 0.578 at 5, 0.597 at 10")
-    attention_layers: int = Field(1, ge=0, description="transformer blocks over attention_patch-bp tokens of the "
+    # Off by default: with it on, integrated gradients (no DeepLIFT rule for attention) recovered 6 of
+    # 9 planted motifs in benchmarks/motif_recovery.py against 9 of 9 by DeepLIFT on the plain CNN.
+    attention_layers: int = Field(0, ge=0, description="transformer blocks over attention_patch-bp tokens of the "
                                   "trunk's last layer, added back residually (0: none, the plain BPNet trunk; see "
                                   "models/bpnet.py). Measured (benchmarks/accuracy.py, 30 epochs, 2 threads): test profile "
                                   "Pearson 0.762 -> 0.819, JSD 0.652 -> 0.576, count 0.720 -> 0.750 with 1 (2: no "
-                                  "better). A CNN that attends is explained by integrated gradients (no DeepLIFT rule)")
+                                  "better). A CNN that attends is explained by integrated gradients (no DeepLIFT rule), which "
+                                  "recovered fewer motifs (6 of 9 against 9 of 9), so 0 by default")
     attention_heads: int | None = Field(None, gt=0, description="attention heads; filters / heads must be even "
                                         "(RoPE). None: the most of 4, 2, 1 that divides filters into an even width")
     attention_patch: int = Field(8, gt=0, description="bp per attention token")

@@ -325,11 +325,8 @@ DEMO_COMMON = [
 # read loss, as benchmarks/encoder.py does, so that it predicts reads from sequence within its 10
 # epochs (S2R profile Pearson 0.48 on the demo data, simulator version 2, 2026-12-02 17:50 UTC;
 # the CNN 0.57, 2026-12-03 04:30 UTC); integrated gradients need many steps per region, so it explains fewer regions.
-# The CNN attends (model.attention_layers: 1), so it is explained by integrated gradients too: with
-# 150 regions TF-MoDISco found no pattern (too few strong seqlets; DeepLIFT on the plain CNN had
-# found 4), with 300 it finds 13 (TBP, CEBPE in myeloid, GC-rich ones) (2026-12-03).
 DEMO_BPNET = ["model={type: bpnet, filters: 32, layers: 5, profile_kernel: 51}", "train.max_epochs=10",
-              "train.lr=0.002", "interpret.n_regions=300", "interpret.shuffles=5"]
+              "train.lr=0.002", "interpret.n_regions=150", "interpret.shuffles=5"]
 DEMO_ENCODER = ["model={type: encoder, d_model: 64, depth: 2, heads: 4, patch: 8, seq_kernels: [1, 9, 25], "
                 "s2r_prob: 0.75, read_loss: multinomial}",
                 "train.max_epochs=10", "train.lr=0.002", "interpret.n_regions=100", "interpret.ig_steps=8"]

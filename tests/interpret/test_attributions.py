@@ -132,7 +132,7 @@ def _one_cell(cfg):
 
 @pytest.mark.parametrize("run, method", [("bpnet_run", "ig"), ("bpnet_plain_run", "deeplift")])
 def test_attribute_bpnet_run(run, method, request):
-    """``auto``: integrated gradients for the default CNN (patch attention), DeepLIFT without it."""
+    """``auto``: integrated gradients for a CNN with patch attention, DeepLIFT without it."""
     import pyBigWig
 
     bpnet_run = request.getfixturevalue(run)
@@ -197,7 +197,7 @@ def test_attribute_unknown_cell_type_exits_2(bpnet_run, capsys):
 
 @pytest.mark.parametrize("run, what", [("bpnet_run", "attention_layers"), ("encoder_run", "encoder")])
 def test_deeplift_on_a_model_that_attends_exits_2(run, what, request, capsys):
-    """DeepLIFT has no rule for attention: asked for on the default CNN or the encoder, a clear error."""
+    """DeepLIFT has no rule for attention: asked for on a CNN that attends or the encoder, a clear error."""
     cfg = request.getfixturevalue(run)
     before = sorted(p.name for p in cfg.run_path.iterdir())
     rc = main(["attribute", str(cfg.run_path), "--set", "interpret.method=deeplift"])

@@ -54,6 +54,8 @@ def test_bpnet_with_attention_sees_the_whole_window():
 
 
 def test_config_picks_heads_of_even_width():
-    assert BPNetModel().attention_layers == 1 and BPNetModel().attention_heads == 4
-    assert BPNetModel(filters=4).attention_heads == 2 and BPNetModel(filters=6).attention_heads == 1
-    assert BPNetModel(filters=5, attention_layers=0).attention_heads is None
+    assert BPNetModel().attention_layers == 0 and BPNetModel().attention_heads is None  # off by default
+    on = {"attention_layers": 1}
+    assert BPNetModel(**on).attention_heads == 4
+    assert BPNetModel(filters=4, **on).attention_heads == 2 and BPNetModel(filters=6, **on).attention_heads == 1
+    assert BPNetModel(filters=5).attention_heads is None
