@@ -5,8 +5,8 @@ DNA (2114 bp in, 1000 bp out, 64 filters, 8 dilated layers, one stranded output)
 counts. bf16 autocast where the device supports it natively, else fp32 (reported). Each model
 uses its own loss (bpnet-lite: ``_mixture_loss``; ours: masked multinomial NLL + count MSE).
 
-The config's default CNN adds one patch-attention block (``model.attention_layers: 1``), which
-bpnet-lite has not: it is timed in the same rounds (``seq2reads_attention_*``,
+The CNN's optional patch-attention block (``model.attention_layers: 1``; off by default), which
+bpnet-lite has not, is timed in the same rounds (``seq2reads_attention_*``,
 ``attention_time_factor`` = its step time over the plain model's) but not compared.
 
 Steps of the models are interleaved (A, B, C, A, B, C, ...) so that load from other processes on a
@@ -87,7 +87,7 @@ def measure(device: str, steps: int, batch: int, L_in: int = 2114, L_out: int = 
         return torch.autocast(device_type=device, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     ours = BPNet(n_cell_types=1, output_len=L_out, filters=64, layers=8).to(device)
-    # the config's default adds one patch-attention block: timed too, for its cost (not compared)
+    # with the optional patch-attention block: timed too, for its cost (not compared)
     ours_attn = BPNet(n_cell_types=1, output_len=L_out, filters=64, layers=8, attention_layers=1).to(device)
     lite = LiteBPNet(n_filters=64, n_layers=8, n_control_tracks=0, verbose=False).to(device)
     assert lite.trimming * 2 + L_out == L_in == ours.min_input_len

@@ -122,8 +122,6 @@ def test_pickle_is_never_used(saved, monkeypatch):
     ({"count_stem": 0, "count_scales": 1}, lambda m: m.count_stem == 0 and m.count_scales == 1),
     # written before count_box existed: the nested windows of count_scales
     ({"count_box": 0}, lambda m: m.count_box == 0 and m.count_head.in_features == 5 * (8 + 128)),
-    # written before the patch attention existed: the plain trunk
-    ({"attention_layers": 0}, lambda m: m.attention is None and m.attention_layers == 0),
 ])
 def test_cnn_files_from_before_an_option_load(tmp_path, absent, check):
     """A CNN model.json without a newer option's key describes the model of that time, whose

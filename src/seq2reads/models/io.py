@@ -148,7 +148,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
         saved.setdefault("count_stem", 0)
         if saved.get("type", "bpnet") == "bpnet":
             saved.setdefault("count_box", 0)  # CNN files written before the count head's box windows
-            saved.setdefault("attention_layers", 0)  # ... and before its patch attention
     try:
         model_cfg = TypeAdapter(ModelConfig).validate_python(saved)
     except ValidationError:
