@@ -29,6 +29,7 @@ SMALL = [
     "interpret.n_regions=24",
     "interpret.shuffles=4",
     "interpret.ig_steps=8",
+    "interpret.ig_shuffles=2",
     "sae.n_windows=64",
     "sae.latents=32",
     "sae.k=4",

@@ -265,7 +265,9 @@ class Interpret(Section):
     method: Literal["auto", "deeplift", "ig", "ism"] = "auto"
     shuffles: int = Field(20, gt=0)
     n_regions: int = Field(2000, gt=0)
-    ig_steps: int = Field(32, gt=0)
+    ig_steps: int = Field(16, gt=0, description="integrated gradients: trapezoid intervals along each path")
+    ig_shuffles: int = Field(4, gt=0, description="integrated gradients: dinucleotide-shuffled baselines per "
+                                                  "sequence, attributions averaged over them (ig_baseline shuffle)")
     ig_baseline: Literal["shuffle", "zero"] = Field(
         "shuffle", description="integrated-gradients sequence baseline: a dinucleotide shuffle or all-zero")
     targets: list[Literal["count", "count_specific", "profile"]] = Field(

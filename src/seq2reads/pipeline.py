@@ -324,12 +324,13 @@ DEMO_COMMON = [
 # not valid for the encoder). The encoder trains S2R-heavy (s2r_prob 0.75) with the multinomial
 # read loss, as benchmarks/encoder.py does, so that it predicts reads from sequence within its 10
 # epochs (S2R profile Pearson 0.48 on the demo data, simulator version 2, 2026-12-02 17:50 UTC;
-# the CNN 0.57, 2026-12-03 04:30 UTC); integrated gradients need many steps per region, so it explains fewer regions.
+# the CNN 0.57, 2026-12-03 04:30 UTC); integrated gradients run 4 shuffled baselines x 5 path points
+# per region, so it explains fewer regions.
 DEMO_BPNET = ["model={type: bpnet, filters: 32, layers: 5, profile_kernel: 51}", "train.max_epochs=10",
               "train.lr=0.002", "interpret.n_regions=150", "interpret.shuffles=5"]
 DEMO_ENCODER = ["model={type: encoder, d_model: 64, depth: 2, heads: 4, patch: 8, seq_kernels: [1, 9, 25], "
                 "s2r_prob: 0.75, read_loss: multinomial}",
-                "train.max_epochs=10", "train.lr=0.002", "interpret.n_regions=100", "interpret.ig_steps=8"]
+                "train.max_epochs=10", "train.lr=0.002", "interpret.n_regions=100", "interpret.ig_steps=4"]
 
 # --quick: seconds-scale settings for CI (the same steps, tiny data and models).
 QUICK_SIM = {"n_regions": 200, "n_cell_types": 2, "seed": 0}
@@ -348,6 +349,7 @@ QUICK_COMMON = [
     "interpret.n_regions=16",
     "interpret.shuffles=2",
     "interpret.ig_steps=4",
+    "interpret.ig_shuffles=2",
     "interpret.marginalize_n=8",
     "sae.n_windows=24",
     "sae.latents=16",

@@ -105,6 +105,32 @@ def test_integrated_gradients_completeness_improves_with_steps():
     assert np.abs(fine["delta"]).max() < 0.05
 
 
+def test_integrated_gradients_average_over_shuffled_baselines():
+    """Each sequence's k shuffled paths are averaged: the contributions sum to f(x) minus the mean
+    output at that sequence's own k baselines (up to the stored delta), and the average is the mean
+    of the k single-baseline runs."""
+    torch.manual_seed(0)
+    model, X = TinyCNN().eval(), _seqs()
+    k, seed = 3, 5
+    out = A.ig_attributions(model, X, 1, "count", 2, steps=8, baseline="shuffle", seed=seed, shuffles=k)
+    refs = A.shuffled_references(X, k, seed)  # what ig_attributions draws for its one chunk
+    with torch.no_grad():
+        fx = model(X)[1][:, 1]
+        fb = model(refs.reshape(-1, *X.shape[1:]))[1][:, 1].reshape(len(X), k).mean(1)
+    total = (out["attr"] * X.numpy()).sum((1, 2))
+    assert np.allclose(total - out["delta"], (fx - fb).numpy(), atol=1e-4)
+    singles = []
+    for j in range(k):
+        def f(q):
+            return model(q)[1][:, 1]
+
+        hyp, _, _ = A.shuffled_ig(f, X, refs[:, j:j + 1], 8)
+        singles.append(hyp[0].numpy())
+    assert np.allclose(out["attr"], np.mean(singles, 0), atol=1e-5)
+    one = A.ig_attributions(model, X, 1, "count", 2, steps=8, baseline="shuffle", seed=seed, shuffles=1)
+    assert not np.allclose(one["attr"], out["attr"])
+
+
 def test_ism_shapes_and_centring():
     torch.manual_seed(0)
     model, X = TinyCNN().eval(), _seqs(n=2, L=40)

@@ -42,7 +42,10 @@ Methods (``interpret.method``):
   dependency, and attention/LayerNorm have no DeepLIFT rule). For the encoder the path runs from
   (shuffled or zero sequence, zero reads, uniform cell type) to (sequence, observed reads of the
   cell type, one-hot cell type) jointly, so the attributions to all three inputs sum to
-  ``f(x) - f(baseline)`` up to the quadrature error (the stored delta).
+  ``f(x) - f(baseline)`` up to the quadrature error (the stored delta). With shuffled sequence
+  baselines (``interpret.ig_baseline: shuffle``) each sequence gets ``interpret.ig_shuffles`` of
+  them and the attributions are averaged over the paths (:func:`shuffled_ig`); the delta is then
+  against the mean baseline output.
 - ``ism``: saturation mutagenesis by tangermeme (mean-centred over the four bases per position).
 """
 
@@ -266,17 +269,74 @@ def integrated_gradients(
     return grads, attrs, (total - (fx - fb)).detach()
 
 
+def shuffled_ig(
+    f: Callable[..., torch.Tensor],
+    X: torch.Tensor,
+    refs: torch.Tensor,
+    steps: int,
+    others: Sequence[torch.Tensor] = (),
+    other_baselines: Sequence[torch.Tensor] = (),
+) -> tuple[list[torch.Tensor], list[list[torch.Tensor]], torch.Tensor]:
+    """Integrated gradients averaged over several sequence baselines per example.
+
+    Each example's path is run from each of its ``k`` baselines (``refs``) and the results are
+    averaged, as DeepSHAP averages over its references ("expected gradients" with a fixed path
+    grid). Why: with one dinucleotide shuffle, every position where the shuffle happens to carry
+    the observed base gets no contribution, which cuts motifs into pieces. On the accuracy
+    benchmark's data (CNN with patch attention, erythroid count, 64 test windows) the AUROC of
+    ``|contribution|`` for bases inside planted or chance TF sites was 0.67 with one shuffle and 32
+    steps, 0.80 with 4 shuffles and 8 or 16 steps, 0.81 with 8 shuffles and 4 steps; DeepLIFT with
+    20 shuffles on the plain CNN: 0.81.
+
+    Parameters
+    ----------
+    f : callable
+        ``f(seq, *others) -> (rows, T)`` (or ``(rows,)``); rows are ``(example, baseline)`` pairs,
+        example-major (row ``i * k + j``), stacked per path point as :func:`integrated_gradients`
+        does.
+    X : Tensor (N, 4, L) one-hot
+    refs : Tensor (N, k, 4, L)
+        Sequence baselines per example.
+    others, other_baselines : sequences of Tensor (N, ...)
+        Further inputs (reads, cell type) and their baselines, the same for every sequence baseline.
+
+    Returns
+    -------
+    hyp : list over T of Tensor (N, 4, L)
+        Hypothetical contributions, projected as in DeepSHAP (base ``b`` gets ``g_b - sum_i
+        baseline_i g_i``, so ``hyp * X`` sums to the IG attribution), averaged over baselines.
+    other_attrs : list over T of lists of Tensor (N, ...)
+        Attributions to ``others``, averaged over baselines.
+    delta : Tensor (N, T)
+        Completeness error of the averaged attributions: ``sum(attrs) - (f(x) - mean_j f(b_j))``.
+    """
+    n, k = refs.shape[:2]
+
+    def rep(t: torch.Tensor) -> torch.Tensor:
+        return t.repeat_interleave(k, dim=0)
+
+    def mean(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(n, k, *t.shape[1:]).mean(1)
+
+    Xb = refs.reshape(n * k, *X.shape[1:])
+    grads, attrs, delta = integrated_gradients(
+        f, [rep(X), *map(rep, others)], [Xb, *map(rep, other_baselines)], steps)
+    hyp = [mean(g[0] - (Xb * g[0]).sum(dim=1, keepdim=True)) for g in grads]
+    return hyp, [[mean(a) for a in at[1:]] for at in attrs], mean(delta)
+
+
 def ig_attributions(
     model: nn.Module,
     X: torch.Tensor,
     cell: int,
     targets: str | Sequence[str],
     n_cells: int,
-    steps: int = 32,
+    steps: int = 16,
     reads: torch.Tensor | None = None,
     baseline: str = "shuffle",
     seed: int = 0,
     chunk: int = 16,
+    shuffles: int = 4,
 ) -> dict[str, np.ndarray] | dict[str, dict[str, np.ndarray]]:
     """Integrated-gradient attributions of one cell type's targets (sharing the path).
 
@@ -291,7 +351,8 @@ def ig_attributions(
     reads : Tensor (N, 2, L) or None
         Observed read counts of cell type ``cell`` over the input (plus, minus).
     baseline : "shuffle" or "zero"
-        Sequence baseline: one dinucleotide shuffle of each sequence, or all-zero.
+        Sequence baseline: ``shuffles`` dinucleotide shuffles of each sequence (attributions
+        averaged over them, :func:`shuffled_ig`), or all-zero (one path).
 
     Returns
     -------
@@ -305,8 +366,8 @@ def ig_attributions(
     res = {t: {"attr": [], "delta": [], "reads_attr": [], "cell_attr": []} for t in names}
     for s in range(0, len(X), chunk):
         Xc = X[s:s + chunk].float()
-        Xb = torch.zeros_like(Xc) if baseline == "zero" else shuffled_references(Xc, 1, seed + s)[:, 0]
-        Xc, Xb = Xc.to(device), Xb.to(device)
+        refs = torch.zeros_like(Xc)[:, None] if baseline == "zero" else shuffled_references(Xc, shuffles, seed + s)
+        Xc, refs = Xc.to(device), refs.to(device)
         if use_encode:
             Rc = reads[s:s + chunk].float().to(device)
             cell1h = torch.zeros(len(Xc), n_cells, device=device)
@@ -316,23 +377,20 @@ def ig_attributions(
                 pl, lc = encoder_outputs(model, seq, rd, cl)
                 return torch.stack([select_target(pl, lc, cell, t).float() for t in names], dim=1)
 
-            grads, attrs, delta = integrated_gradients(
-                f, [Xc, Rc, cell1h], [Xb, torch.zeros_like(Rc), torch.full_like(cell1h, 1.0 / n_cells)], steps)
+            hyp, other, delta = shuffled_ig(f, Xc, refs, steps, [Rc, cell1h],
+                                            [torch.zeros_like(Rc), torch.full_like(cell1h, 1.0 / n_cells)])
         else:
             def f(seq):
                 pl, lc = model(seq)
                 return torch.stack([select_target(pl, lc, cell, t).float() for t in names], dim=1)
 
-            grads, attrs, delta = integrated_gradients(f, [Xc], [Xb], steps)
+            hyp, other, delta = shuffled_ig(f, Xc, refs, steps)
         for j, t in enumerate(names):
-            g = grads[j][0]
-            # Hypothetical contributions from the path-averaged gradients, projected as in DeepSHAP:
-            # base b gets g_b - sum_i baseline_i g_i, so that attr * ohe sums to the IG attribution.
-            res[t]["attr"].append((g - (Xb * g).sum(dim=1, keepdim=True)).cpu().numpy())
+            res[t]["attr"].append(hyp[j].cpu().numpy())
             res[t]["delta"].append(delta[:, j].cpu().numpy())
             if use_encode:
-                res[t]["reads_attr"].append(attrs[j][1].cpu().numpy())
-                res[t]["cell_attr"].append(attrs[j][2].cpu().numpy())
+                res[t]["reads_attr"].append(other[j][0].cpu().numpy())
+                res[t]["cell_attr"].append(other[j][1].cpu().numpy())
     out = {t: {k: np.concatenate(v).astype(np.float32) for k, v in r.items() if v} for t, r in res.items()}
     return out[names[0]] if single else out
 
@@ -485,10 +543,11 @@ def attribute_run(cfg) -> Path:
         own = [t for t in targets if t != "count_specific"]
         for c in cidx:
             r = None if reads is None else reads[:, cidx.index(c)]
-            per = ig_attributions(model, X, c, own, len(cells_all), icfg.ig_steps, r, icfg.ig_baseline, seed) if own else {}
+            per = ig_attributions(model, X, c, own, len(cells_all), icfg.ig_steps, r, icfg.ig_baseline, seed,
+                                  shuffles=icfg.ig_shuffles) if own else {}
             if "count_specific" in targets:
                 per["count_specific"] = ig_attributions(model, X, c, "count_specific", len(cells_all), icfg.ig_steps,
-                                                        None, icfg.ig_baseline, seed)
+                                                        None, icfg.ig_baseline, seed, shuffles=icfg.ig_shuffles)
             results.update({(c, t): per[t] for t in targets})
 
     regions = store.regions.iloc[rows]
@@ -517,6 +576,7 @@ def attribute_run(cfg) -> Path:
                    "shuffles": icfg.shuffles if method == "deeplift" else None,
                    "ig_steps": icfg.ig_steps if method == "ig" else None,
                    "ig_baseline": icfg.ig_baseline if method == "ig" else None,
+                   "ig_shuffles": icfg.ig_shuffles if method == "ig" and icfg.ig_baseline == "shuffle" else None,
                    "delta_warn": icfg.delta_warn, "layout": FORMAT_NOTE, "files": files}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
     if warned:

@@ -81,9 +81,10 @@ Attention at base resolution (no patches; stopped after 12 epochs) learned no fa
 (validation profile NLL 361 against 347 at epoch 11) at 3.5x the time per epoch. Every
 output then depends on the whole kept input span (``min_input_len``), not only its receptive
 field; DeepLIFT has no rule for attention, so ``interpret.method: auto`` uses integrated
-gradients for such a model (:func:`seq2reads.models.attention.uses_attention`), and those
-recovered 6 of 9 planted motifs in ``benchmarks/motif_recovery.py`` (SP1, NRF1, ELK1 missed)
-against DeepLIFT's 9 of 9 on the plain trunk: so the block is off by default.
+gradients for such a model (:func:`seq2reads.models.attention.uses_attention`). With one shuffled
+baseline those recovered 6 of 9 planted motifs in ``benchmarks/motif_recovery.py``; averaged
+over 4 baselines (``interpret.ig_shuffles``) 9 of 9, as DeepLIFT on the plain trunk, at ~9x
+DeepLIFT's time. The block is off by default (SPEC.md asks DeepLIFT for the CNN).
 
 Why the normalisation (not in bpnet-lite): the window-averaged features vary little from window
 to window next to their common level, and the trunk's shared parameters are driven by the much

@@ -19,9 +19,9 @@ and motifs (SPEC.md, "Sparse autoencoders").
 - **Attributions** (for the ``max_features`` most enriched latents): integrated gradients of the
   latent's activation at its top position (the ReLU of its encoder pre-activation, which equals the
   TopK activation where the latent is selected and is smooth along the path) w.r.t. the sequence
-  (dinucleotide-shuffled baseline), and for the encoder also the reads (zero baseline) and the
-  cell-type one-hot (uniform baseline); computed with the interpretation layer's
-  :func:`~seq2reads.interpret.attributions.integrated_gradients`.
+  (``interpret.ig_shuffles`` dinucleotide-shuffled baselines, averaged), and for the encoder also
+  the reads (zero baseline) and the cell-type one-hot (uniform baseline); computed with the
+  interpretation layer's :func:`~seq2reads.interpret.attributions.shuffled_ig`.
 - **Motifs**: TF-MoDISco (modisco-lite) on the sequence attributions of the latent's top windows,
   cropped to +-``MOTIF_FLANK`` bp around the top position, patterns matched to JASPAR with TOMTOM
   (the interpretation layer's :func:`~seq2reads.interpret.motifs.run_modisco` /
@@ -258,33 +258,35 @@ def latent_function(model, sae: SparseAutoencoder, layer: str, latent: int, pos:
 def latent_attributions(model, sae: SparseAutoencoder, layer: str, latent: int, X: torch.Tensor,
                         pos: torch.Tensor, mean: np.ndarray, scale: float, model_type: str,
                         reads: torch.Tensor | None = None, cells: torch.Tensor | None = None,
-                        n_cells: int = 1, steps: int = 16, seed: int = 0, chunk: int = 16) -> dict[str, np.ndarray]:
-    """Integrated-gradient attributions of a latent's activation at ``pos`` (see module docstring).
+                        n_cells: int = 1, steps: int = 16, seed: int = 0, chunk: int = 16,
+                        shuffles: int = 4) -> dict[str, np.ndarray]:
+    """Integrated-gradient attributions of a latent's activation at ``pos`` (see module docstring),
+    averaged over ``shuffles`` dinucleotide-shuffled sequence baselines per window
+    (:func:`~seq2reads.interpret.attributions.shuffled_ig`).
 
     Returns ``attr`` (N, 4, L) hypothetical sequence contributions, ``delta`` (N,) completeness
     error, and for the encoder ``reads_attr`` (N, 2, L) and ``cell_attr`` (N, C).
     """
-    from seq2reads.interpret.attributions import integrated_gradients, shuffled_references
+    from seq2reads.interpret.attributions import shuffled_ig, shuffled_references
 
     out: dict[str, list] = {"attr": [], "delta": [], "reads_attr": [], "cell_attr": []}
     for s in range(0, len(X), chunk):
         Xc = X[s:s + chunk].float()
-        Xb = shuffled_references(Xc, 1, seed + s)[:, 0]
-        f = latent_function(model, sae, layer, latent, pos[s:s + chunk], mean, scale, model_type)
+        refs = shuffled_references(Xc, shuffles, seed + s)
+        # shuffled_ig's rows are (window, baseline) pairs: each window's position repeated
+        f = latent_function(model, sae, layer, latent, pos[s:s + chunk].repeat_interleave(shuffles), mean, scale,
+                            model_type)
         if model_type == "encoder":
             Rc = reads[s:s + chunk].float()
             C1 = torch.nn.functional.one_hot(cells[s:s + chunk].long(), n_cells).float()
-            grads, attrs, delta = integrated_gradients(
-                f, [Xc, Rc, C1], [Xb, torch.zeros_like(Rc), torch.full_like(C1, 1.0 / n_cells)], steps)
-            out["reads_attr"].append(attrs[0][1].detach().numpy())
-            out["cell_attr"].append(attrs[0][2].detach().numpy())
+            hyp, other, delta = shuffled_ig(f, Xc, refs, steps, [Rc, C1],
+                                            [torch.zeros_like(Rc), torch.full_like(C1, 1.0 / n_cells)])
+            out["reads_attr"].append(other[0][0].detach().numpy())
+            out["cell_attr"].append(other[0][1].detach().numpy())
         else:
-            grads, attrs, delta = integrated_gradients(lambda q: f(q), [Xc], [Xb], steps)
-        g = grads[0][0]
-        delta = delta[:, 0] if delta.dim() == 2 else delta
-        hyp = g - (Xb * g).sum(dim=1, keepdim=True)  # hypothetical contributions, as in interpret
-        out["attr"].append(hyp.detach().numpy())
-        out["delta"].append(delta.numpy())
+            hyp, other, delta = shuffled_ig(lambda q: f(q), Xc, refs, steps)
+        out["attr"].append(hyp[0].detach().numpy())
+        out["delta"].append(delta[:, 0].numpy())
     return {k: np.concatenate(v).astype(np.float32) for k, v in out.items() if v}
 
 

@@ -259,7 +259,8 @@ def _analyse_latent(cfg, model, sae, store, ds, layer, lat, wins, cl, pos, bp, d
     reads = sig[torch.arange(len(cl)), cells_t] if cfg.model.type == "encoder" else None
     res = latent_attributions(model, sae, layer, lat, X, torch.as_tensor(pos), store.mean, store.scale,
                               cfg.model.type, reads=reads, cells=cells_t, n_cells=len(ds.samples),
-                              steps=cfg.interpret.ig_steps, seed=cfg.sae.seed)
+                              steps=cfg.interpret.ig_steps, seed=cfg.sae.seed,
+                              shuffles=cfg.interpret.ig_shuffles)
     ohe = X.numpy()
     np.savez_compressed(attr_dir / f"latent{lat}.npz", ohe=ohe, index=wins, cell=cl, pos=pos, **res)
     L = ohe.shape[-1]
