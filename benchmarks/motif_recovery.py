@@ -22,9 +22,10 @@ Scores (``truth.json`` lists the planted motifs, their JASPAR IDs, roles and cel
 - ``marginalisation``: for every activating motif (effect > 0), the mean change of predicted log
   counts is > 0 in each cell type where it is active.
 
-Prints one JSON line and writes it to ``benchmarks/results/motif_recovery.json``.
+Prints one JSON line and writes it to ``benchmarks/results/motif_recovery.json`` (with
+``--variant V``: ``motif_recovery_V.json``, e.g. ``--variant attention --set model.attention_layers=1``).
 
-Usage: ``python benchmarks/motif_recovery.py [--workdir DIR] [--set key=value ...]``
+Usage: ``python benchmarks/motif_recovery.py [--workdir DIR] [--set key=value ...] [--variant V]``
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/s2r_motif_recovery")
     ap.add_argument("--set", action="append", default=[], help="config override (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variant", help="label of a non-default setting (e.g. attention): the line is written to "
+                                      "motif_recovery_VARIANT.json, keeping the default model's file")
     args = ap.parse_args()
 
     import pandas as pd
@@ -163,7 +166,7 @@ def main() -> None:
     if (run / "metrics.json").exists():
         metrics = json.loads((run / "metrics.json").read_text())
     result = {
-        "benchmark": "motif_recovery",
+        "benchmark": "motif_recovery", **({"variant": args.variant} if args.variant else {}),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs (shared)",
         "overrides": overrides[1:], "seconds": times,
@@ -173,7 +176,8 @@ def main() -> None:
     print(line)
     from seq2reads.atomic import write_text_atomic
 
-    write_text_atomic(ROOT / "benchmarks" / "results" / "motif_recovery.json", line + "\n")
+    name = f"motif_recovery_{args.variant}.json" if args.variant else "motif_recovery.json"
+    write_text_atomic(ROOT / "benchmarks" / "results" / name, line + "\n")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ NAME_KEYS = ("benchmark", "name", "bench")
 DATE_KEYS = ("date", "timestamp", "time", "when", "measured")
 MACHINE_KEYS = ("machine", "device", "host", "hardware")
 TARGET_KEYS = ("target", "goal")
-SKIP_KEYS = {"note", "notes", "command", "config", "version", "package_version"}
+SKIP_KEYS = {"note", "notes", "command", "config", "version", "package_version", "variant"}
 MAX_FIGURES = 10
 # The figures each benchmark is judged by come first in its row; targets from SPEC.md where the
 # results file does not state one.
@@ -136,7 +136,8 @@ def row(f: Path, obj: dict) -> list[str]:
     more = f" (+{len(figures) - MAX_FIGURES} more in {f.name})" if len(figures) > MAX_FIGURES else ""
     target = _first(obj, TARGET_KEYS) or TARGETS.get(name)
     target_s = "; ".join(f"{k} {v}" for k, v in target.items()) if isinstance(target, dict) else _fmt(target or "–")
-    cells = [name, "; ".join(figures[:MAX_FIGURES]) + more, target_s,
+    label = f"{name} ({obj['variant']})" if obj.get("variant") else name
+    cells = [label, "; ".join(figures[:MAX_FIGURES]) + more, target_s,
              str(_first(obj, MACHINE_KEYS) or "–"), _date(obj, f)]
     return [c.replace("|", "\\|").replace("\n", " ") for c in cells]
 

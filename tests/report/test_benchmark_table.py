@@ -48,3 +48,14 @@ def test_a_headline_group_puts_its_nested_figures_first(tmp_path):
     assert figures[:4] == ["profile_pearson.3000 = 0.77", "profile_pearson.10000 = 0.82",
                            "count_pearson.3000 = 0.64", "count_pearson.10000 = 0.72"]
     assert set(figures[4:]) == {"aaa = 1", "epochs = 30"}
+
+
+def test_a_variant_is_named_in_its_row_and_keeps_the_headlines(tmp_path):
+    """motif_recovery --variant attention: its own row, labelled, with motif_recovery's headlines."""
+    t = _table_module()
+    obj = {"benchmark": "motif_recovery", "variant": "attention", "zzz": 2, "recovery": 1.0}
+    f = tmp_path / "motif_recovery_attention.json"
+    f.write_text(json.dumps(obj) + "\n")
+    name, figures = t.row(f, obj)[:2]
+    assert name == "motif_recovery (attention)"
+    assert figures.split("; ") == ["recovery = 1", "zzz = 2"]
