@@ -284,7 +284,7 @@ def latent_attributions(model, sae: SparseAutoencoder, layer: str, latent: int, 
             out["reads_attr"].append(other[0][0].detach().numpy())
             out["cell_attr"].append(other[0][1].detach().numpy())
         else:
-            hyp, other, delta = shuffled_ig(lambda q: f(q), Xc, refs, steps)
+            hyp, other, delta = shuffled_ig(f, Xc, refs, steps)
         out["attr"].append(hyp[0].detach().numpy())
         out["delta"].append(delta[:, 0].numpy())
     return {k: np.concatenate(v).astype(np.float32) for k, v in out.items() if v}
